@@ -1,0 +1,34 @@
+# The two commands of the README: `make demo` (arrives with the reference workload) and `make test`.
+# Each creates .venv on a fresh machine and installs the pinned dependencies (constraints.txt) itself.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test lint unit stress bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,torch,postgres]'
+	touch $(STAMP)
+
+test: lint unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks stress
+	$(BIN)/ruff format --check src tests benchmarks stress
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+stress: $(STAMP)
+	$(BIN)/python stress/crash_consistency.py --kills 2000
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_store.py
+	$(BIN)/python benchmarks/bench_leases.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

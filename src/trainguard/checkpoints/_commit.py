@@ -1,0 +1,193 @@
+"""The commit protocol (design section 4): stage durably, let the registry decide, roll forward.
+
+Everything is durable in staging *before* the registry transaction, so a crash at any point leaves either
+an invisible staging directory (removed by the next open once its writer is gone) or a decided checkpoint
+whose directory the next open rolls forward. The registry transaction is the only point of commit.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainguard.checkpoints._durable import StepFailed, fsync_dir, make_dir, move_dir, write_small_file
+from trainguard.checkpoints._layout import StagingName, staging_root
+from trainguard.checkpoints._quarantine import free_entry, quarantine_path
+from trainguard.checkpoints._tree import UnsupportedValue
+from trainguard.checkpoints.codecs import NonFiniteValues, validate_staged, write_state
+from trainguard.checkpoints.manifest import MANIFEST_FILE, Manifest
+from trainguard.errors import (
+    CheckpointRejected,
+    CheckpointWriteError,
+    CommitFenced,
+    CommitRefused,
+    RegistryError,
+)
+from trainguard.registry import CheckpointRecord, Lease
+
+if TYPE_CHECKING:
+    from trainguard.checkpoints.store import CheckpointStore
+
+# A validator gets the staging directory and the manifest about to be written; raising rejects the save.
+Validator = Callable[[Path, Manifest], None]
+
+
+@dataclass(frozen=True)
+class SaveRequest:
+    state: object
+    episode: int
+    lease: Lease
+    name: str
+    metrics: Mapping[str, Any]
+    parent: str | None
+    fingerprint: str | None
+    code_hash: str | None = None
+    config_hash: str | None = None
+
+
+def commit(store: CheckpointStore, request: SaveRequest) -> CheckpointRecord:
+    registry, run, lease = store.registry, store.run, request.lease
+    writer = registry.identity
+    # 1. fail fast on what this process already knows (the registry re-checks all of it in step 6)
+    lease.check()
+    limit = store.episode_limit()
+    if limit is not None and request.episode > limit:
+        reason = f"episode {request.episode} is beyond the run's budget of {limit} episodes"
+        registry.add_event(
+            run,
+            "commit_refused",
+            token=lease.token,
+            checkpoint=request.name,
+            reason=reason,
+            detail={"episode": request.episode, "writer": writer.as_dict(), "stage": "local"},
+        )
+        raise CommitRefused(run, request.name, lease.token, reason)
+
+    # 2. stage on the same filesystem as the final place, named after its writer
+    staging = staging_root(store.root) / StagingName.new(request.name, writer, lease.token)
+    try:
+        make_dir(staging)
+    except StepFailed as failed:
+        raise CheckpointWriteError(failed.step, failed.path, failed.cause) from failed.cause
+    try:
+        manifest, manifest_hash = _write_staged(store, request, staging, writer.as_dict())
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+    # 6. the registry decides
+    record = CheckpointRecord(
+        run=run,
+        name=request.name,
+        episode=request.episode,
+        token=lease.token,
+        manifest_hash=manifest_hash,
+        parent=request.parent,
+        fingerprint=request.fingerprint,
+        metrics=dict(request.metrics),
+        bytes=manifest.total_bytes,
+        created_at=manifest.created_at,
+    )
+    try:
+        verdict = registry.commit_checkpoint(record, writer={**writer.as_dict(), "staging": staging.name})
+    except (RegistryError, OSError) as error:
+        # The outcome is unknown (the connection may have died after COMMIT was sent): ask again.
+        found = _committed(store, request.name)
+        if found is None or found.manifest_hash != manifest_hash:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise CheckpointWriteError("registry", str(staging), error) from error
+    else:
+        if not verdict.accepted:
+            _set_aside(store, staging, request, verdict.reason, fenced=verdict.fenced)
+            if verdict.fenced:
+                lease.lost_reason = verdict.reason
+                raise CommitFenced(run, request.name, lease.token, verdict.reason)
+            raise CommitRefused(run, request.name, lease.token, verdict.reason)
+
+    # 7. roll forward: from here on the checkpoint exists whatever happens to this process
+    try:
+        move_dir(staging, store.root / request.name, step="rename", fsync_step="store-fsync")
+        fsync_dir(staging.parent, step="store-fsync")
+    except StepFailed as failed:
+        raise CheckpointWriteError(failed.step, failed.path, failed.cause, committed=True) from failed.cause
+    return registry.checkpoint(run, request.name)
+
+
+def _write_staged(
+    store: CheckpointStore, request: SaveRequest, staging: Path, writer: dict[str, Any]
+) -> tuple[Manifest, str]:
+    try:
+        # 3. files: written from the state's memory, hashed on the way, fsynced
+        files = write_state(request.state, staging, fmt=store.format, check_finite=store.check_finite)
+        manifest = Manifest(
+            run=store.run,
+            name=request.name,
+            episode=request.episode,
+            token=request.lease.token,
+            format=store.format,
+            files=tuple(files),
+            parent=request.parent,
+            fingerprint=request.fingerprint,
+            metrics=dict(request.metrics),
+            created_at=time.time(),
+            writer=writer,
+            code_hash=request.code_hash,
+            config_hash=request.config_hash,
+        )
+        # 4. validators: an independent decoder reads what was written, then the user's hooks
+        if store.validate:
+            validate_staged(staging, files)
+        for validator in store.validators:
+            validator(staging, manifest)
+        # 5. the manifest, then the directory entries, made durable
+        manifest_hash = write_small_file(staging / MANIFEST_FILE, manifest.to_bytes(), step="manifest")
+        fsync_dir(staging, step="dir-fsync")
+    except StepFailed as failed:
+        raise CheckpointWriteError(failed.step, failed.path, failed.cause) from failed.cause
+    except (NonFiniteValues, UnsupportedValue, ValueError, TypeError) as error:
+        raise CheckpointRejected(request.name, str(error)) from error
+    return manifest, manifest_hash
+
+
+def _committed(store: CheckpointStore, name: str) -> CheckpointRecord | None:
+    try:
+        return store.registry.find_checkpoint(store.run, name)
+    except RegistryError:
+        return None
+
+
+def _set_aside(
+    store: CheckpointStore, staging: Path, request: SaveRequest, reason: str, *, fenced: bool
+) -> None:
+    """A refused commit is evidence (it names its writer): keep it in quarantine, never delete it."""
+    label = "fenced" if fenced else "refused"
+    try:
+        target = quarantine_path(
+            staging,
+            free_entry(store.root, staging.name),
+            {
+                "reason": label,
+                "detail": reason,
+                "run": store.run,
+                "checkpoint": request.name,
+                "episode": request.episode,
+                "token": request.lease.token,
+            },
+        )
+    except StepFailed:
+        return  # the staging directory stays; recovery removes it once this writer is gone
+    store.registry.add_event(
+        store.run,
+        "checkpoint_quarantined",
+        token=request.lease.token,
+        checkpoint=request.name,
+        reason=label,
+        detail={"path": str(target), "detail": reason, "committed": False},
+    )
+
+
+__all__ = ["SaveRequest", "Validator", "commit"]

@@ -1,0 +1,109 @@
+"""Verification and loading: hashes first, always; decoding only of bytes whose hash matched."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainguard.checkpoints._hashing import hash_file, read_and_hash
+from trainguard.checkpoints.codecs import read_state
+from trainguard.checkpoints.manifest import MANIFEST_FILE, Manifest
+from trainguard.errors import CorruptCheckpoint
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    name: str
+    problems: tuple[Problem, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "problems": [{"file": p.file, "reason": p.reason} for p in self.problems],
+        }
+
+
+def _manifest(name: str, directory: Path, manifest_hash: str) -> Manifest:
+    path = directory / MANIFEST_FILE
+    try:
+        data, digest = read_and_hash(path)
+    except FileNotFoundError as error:
+        what = "checkpoint directory is missing" if not directory.exists() else "missing"
+        raise CorruptCheckpoint(name, str(path) if what == "missing" else str(directory), what) from error
+    except OSError as error:
+        raise CorruptCheckpoint(name, str(path), f"unreadable: {error}") from error
+    if digest != manifest_hash:
+        raise CorruptCheckpoint(
+            name, str(path), f"hash {digest} does not match the registry's {manifest_hash}"
+        )
+    try:
+        manifest = Manifest.from_bytes(bytes(data))
+    except ValueError as error:
+        raise CorruptCheckpoint(name, str(path), str(error)) from error
+    if manifest.name != name:
+        raise CorruptCheckpoint(name, str(path), f"manifest is for checkpoint {manifest.name!r}")
+    return manifest
+
+
+def verify_dir(name: str, directory: Path, manifest_hash: str) -> VerifyReport:
+    """Every file's size and hash against the manifest, the manifest's hash against the registry, and no
+    file that the manifest does not list."""
+    try:
+        manifest = _manifest(name, directory, manifest_hash)
+    except CorruptCheckpoint as error:
+        return VerifyReport(name, (Problem(error.file, error.reason),))
+    problems = []
+    for record in manifest.files:
+        path = directory / record.path
+        try:
+            size, digest = hash_file(path)
+        except FileNotFoundError:
+            problems.append(Problem(str(path), "missing"))
+            continue
+        except OSError as error:
+            problems.append(Problem(str(path), f"unreadable: {error}"))
+            continue
+        if size != record.bytes:
+            problems.append(Problem(str(path), f"size {size} bytes, manifest says {record.bytes}"))
+        elif digest != record.hash:
+            problems.append(Problem(str(path), f"hash {digest} does not match the manifest's {record.hash}"))
+    listed = {r.path for r in manifest.files} | {MANIFEST_FILE}
+    problems.extend(
+        Problem(str(directory / extra), "not listed in the manifest")
+        for extra in sorted(set(os.listdir(directory)) - listed)
+    )
+    return VerifyReport(name, tuple(problems))
+
+
+def load_dir(name: str, directory: Path, manifest_hash: str) -> tuple[Any, Manifest]:
+    """Read every file once, hashing as it is read; decode only when every hash matched."""
+    manifest = _manifest(name, directory, manifest_hash)
+    contents: dict[str, bytearray] = {}
+    for record in manifest.files:
+        path = directory / record.path
+        try:
+            data, digest = read_and_hash(path)
+        except OSError as error:
+            raise CorruptCheckpoint(name, str(path), f"unreadable: {error}") from error
+        if len(data) != record.bytes or digest != record.hash:
+            raise CorruptCheckpoint(
+                name, str(path), f"hash {digest} does not match the manifest's {record.hash}"
+            )
+        contents[record.path] = data
+    return read_state(name, contents), manifest
+
+
+__all__ = ["Problem", "VerifyReport", "load_dir", "verify_dir"]

@@ -1,0 +1,179 @@
+"""Recovery at open: bring the directories in line with what the registry decided.
+
+The registry is the truth; the filesystem follows. Rules (design section 4):
+- a staging directory whose checkpoint the registry committed (manifest hash equal) is rolled forward,
+  by whoever finds it;
+- a staging directory whose writer is alive (same host: pid and start time; other host: younger than the
+  grace period) is left alone;
+- any other staging directory was never visible and is removed;
+- a final-place directory without a registry row can only come from outside trainguard (a legacy or rogue
+  writer): it is quarantined with reason "unregistered", never loaded, never deleted;
+- interrupted quarantines, releases and evictions are finished in the direction the registry recorded.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trainguard.checkpoints._durable import StepFailed, move_dir
+from trainguard.checkpoints._hashing import hash_file
+from trainguard.checkpoints._layout import RESERVED, StagingName, quarantine_root, staging_root
+from trainguard.checkpoints._quarantine import discard, empty_trash, free_entry, quarantine_path, release_path
+from trainguard.checkpoints.manifest import MANIFEST_FILE
+from trainguard.identity import host_key
+from trainguard.registry import CheckpointRecord
+
+if TYPE_CHECKING:
+    from trainguard.checkpoints.store import CheckpointStore
+
+
+@dataclass
+class RecoveryReport:
+    rolled_forward: list[str] = field(default_factory=list)
+    removed_staging: list[str] = field(default_factory=list)
+    left_for_live_writer: list[str] = field(default_factory=list)
+    quarantined_unregistered: list[str] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(
+            self.rolled_forward or self.removed_staging or self.quarantined_unregistered or self.finished
+        )
+
+
+def recover(store: CheckpointStore, *, foreign_grace: float) -> RecoveryReport:
+    report = RecoveryReport()
+    # Directory listing *before* reading the rows: a checkpoint renamed into place in between already has
+    # its row (commit precedes rename), so it can never look unregistered.
+    finals = [
+        p
+        for p in store.root.iterdir()
+        if p.is_dir() and p.name not in RESERVED and not p.name.startswith(".")
+    ]
+    stagings = sorted(staging_root(store.root).iterdir()) if staging_root(store.root).is_dir() else []
+    rows = {r.name: r for r in store.registry.checkpoints(store.run, states=None)}
+    _recover_staging(store, stagings, rows, report, foreign_grace)
+    for path in finals:
+        row = rows.get(path.name)
+        if row is None:
+            _quarantine_unregistered(store, path, report)
+        elif row.state == "evicted":
+            discard(store.root, path)
+            report.finished.append(f"evicted {path.name}")
+        elif row.state == "quarantined" and not (quarantine_root(store.root) / path.name).exists():
+            quarantine_path(
+                path,
+                quarantine_root(store.root) / path.name,
+                {"reason": row.state_reason or "quarantined", "run": store.run, "checkpoint": path.name},
+            )
+            report.finished.append(f"quarantined {path.name}")
+    for row in rows.values():
+        final, parked = store.root / row.name, quarantine_root(store.root) / row.name
+        if row.state == "committed" and not final.exists() and parked.is_dir():
+            release_path(parked, final)
+            report.finished.append(f"released {row.name}")
+    if empty_trash(store.root):
+        report.finished.append("emptied .trash")
+    return report
+
+
+def _recover_staging(
+    store: CheckpointStore,
+    stagings: list[Path],
+    rows: dict[str, CheckpointRecord],
+    report: RecoveryReport,
+    foreign_grace: float,
+) -> None:
+    local = host_key()
+    for path in stagings:
+        parsed = StagingName.parse(path.name)
+        row = rows.get(parsed.name) if parsed else None
+        if (
+            parsed is not None
+            and row is not None
+            and row.token == parsed.token
+            and _manifest_matches(path, row)
+            and _roll_forward(store, path, row, report)
+        ):
+            continue
+        alive = parsed.writer_alive(local) if parsed else None
+        if alive or (alive is None and time.time() - _mtime(path) < foreign_grace):
+            report.left_for_live_writer.append(path.name)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        report.removed_staging.append(path.name)
+
+
+def _roll_forward(store: CheckpointStore, path: Path, row: CheckpointRecord, report: RecoveryReport) -> bool:
+    """Finish a decided checkpoint; False when there is nothing to finish (its directory is already in
+    place, so this staging copy is a leftover for the ordinary rules)."""
+    final = store.root / row.name
+    try:
+        if row.state == "committed" and not final.exists():
+            move_dir(path, final, step="roll-forward")
+        elif row.state == "quarantined":
+            quarantine_path(
+                path,
+                free_entry(store.root, row.name),
+                {"reason": row.state_reason or "quarantined", "run": store.run, "checkpoint": row.name},
+            )
+        elif row.state == "evicted":
+            discard(store.root, path)
+        else:
+            return False
+    except StepFailed:
+        return True  # lost a race with another recovering process (or the writer); its result stands
+    report.rolled_forward.append(row.name)
+    store.registry.add_event(
+        store.run,
+        "checkpoint_rolled_forward",
+        token=row.token,
+        checkpoint=row.name,
+        detail={"staging": path.name, "state": row.state},
+    )
+    return True
+
+
+def _manifest_matches(path: Path, row: CheckpointRecord) -> bool:
+    try:
+        return hash_file(path / MANIFEST_FILE)[1] == row.manifest_hash
+    except OSError:
+        return False
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _quarantine_unregistered(store: CheckpointStore, path: Path, report: RecoveryReport) -> None:
+    try:
+        target = quarantine_path(
+            path,
+            free_entry(store.root, f"{path.name}.unregistered"),
+            {
+                "reason": "unregistered",
+                "run": store.run,
+                "detail": "a directory in the store without a committed registry row",
+            },
+        )
+    except StepFailed:
+        return
+    report.quarantined_unregistered.append(path.name)
+    store.registry.add_event(
+        store.run,
+        "checkpoint_quarantined",
+        checkpoint=path.name,
+        reason="unregistered",
+        detail={"path": str(target), "committed": False},
+    )
+
+
+__all__ = ["RecoveryReport", "recover"]

@@ -1,0 +1,196 @@
+"""How a state becomes files, and back.
+
+``safetensors`` (default): every tensor/array in the state tree goes into ``tensors.safetensors``, the rest
+of the structure into ``tree.json``; reading never unpickles anything. ``torch``: the whole state through
+``torch.save`` into ``state.pt``, read back only with ``torch.load(weights_only=True)``, which refuses any
+pickle that names code to run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, cast
+
+from trainguard.checkpoints import _safetensors as st
+from trainguard.checkpoints._durable import StepFailed, write_file
+from trainguard.checkpoints._hashing import format_digest, new_hasher
+from trainguard.checkpoints._tree import flatten, tensor_keys, unflatten
+from trainguard.errors import CorruptCheckpoint, UnsafeCheckpoint
+
+FORMATS = ("safetensors", "torch")
+TENSORS_FILE = "tensors.safetensors"
+TREE_FILE = "tree.json"
+TORCH_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    path: str
+    bytes: int
+    hash: str
+    codec: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "bytes": self.bytes, "hash": self.hash, "codec": self.codec}
+
+
+class NonFiniteValues(ValueError):
+    def __init__(self, key: str, count: int) -> None:
+        self.key = key
+        self.count = count
+        super().__init__(f"tensor {key!r} has NaN/inf values (at least {count})")
+
+
+def write_state(
+    state: object, directory: Path, *, fmt: str = "safetensors", check_finite: bool = True
+) -> list[FileRecord]:
+    """Write ``state`` into ``directory`` (durably: each file fsynced); returns the files with hashes."""
+    if fmt == "torch":
+        return [_write_torch(state, directory / TORCH_FILE)]
+    if fmt != "safetensors":
+        raise ValueError(f"checkpoint format {fmt!r}: must be one of {', '.join(FORMATS)}")
+    skeleton, tensors = flatten(state)
+    records = []
+    frameworks: dict[str, str] = {}
+    if tensors:
+        items = []
+        for key, value in tensors.items():
+            data, frameworks[key] = st.tensor_bytes(key, value)
+            items.append(data)
+        inspect = _check_finite if check_finite else None
+        size, digest = write_file(
+            directory / TENSORS_FILE, st.encode(items, {"format": "trainguard"}), inspect=inspect
+        )
+        records.append(FileRecord(TENSORS_FILE, size, digest, "safetensors"))
+    tree = json.dumps(
+        {"skeleton": skeleton, "frameworks": frameworks}, sort_keys=True, allow_nan=False
+    ).encode()
+    size, digest = write_file(directory / TREE_FILE, [(memoryview(tree), None)])
+    records.append(FileRecord(TREE_FILE, size, digest, "json"))
+    return records
+
+
+def _check_finite(piece: memoryview, tag: object) -> None:
+    if isinstance(tag, tuple):
+        key, code = tag
+        bad = st.count_non_finite(piece, code)
+        if bad:
+            raise NonFiniteValues(key, bad)
+
+
+class _HashingFile(io.RawIOBase):
+    """What ``torch.save`` writes into: every byte is hashed on its way to the file descriptor."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.hasher = new_hasher()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self.hasher.update(view)
+        remaining = view
+        while remaining:
+            remaining = remaining[os.write(self.fd, remaining) :]
+        self.size += len(view)
+        return len(view)
+
+
+def _write_torch(state: object, path: Path) -> FileRecord:
+    import torch
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as error:
+        raise StepFailed("write", path, error) from error
+    try:
+        sink = _HashingFile(fd)
+        try:
+            torch.save(state, cast("IO[bytes]", sink))
+        except OSError as error:
+            raise StepFailed("write", path, error) from error
+        except RuntimeError as error:  # torch wraps the file's OSError in its own error
+            raise StepFailed("write", path, error) from error
+        try:
+            os.fsync(fd)
+        except OSError as error:
+            raise StepFailed("fsync", path, error) from error
+    finally:
+        os.close(fd)
+    return FileRecord(TORCH_FILE, sink.size, format_digest(sink.hasher), "torch")
+
+
+def validate_staged(directory: Path, files: list[FileRecord]) -> None:
+    """Decode what was written with an independent reader (validation step of the commit).
+
+    The bytes were hashed on their way out of the state's own memory, so re-reading them (from the page
+    cache) could not catch more than the hash does; what can go wrong is the *format*, so the official
+    safetensors parser (and torch's restricted unpickler) must accept each file as written.
+    """
+    for record in files:
+        path = directory / record.path
+        if record.codec == "safetensors":
+            from safetensors import safe_open
+
+            header, _, _ = st.read_header(path)
+            with safe_open(str(path), framework="numpy") as reader:
+                shapes = {key: list(reader.get_slice(key).get_shape()) for key in reader.keys()}  # noqa: SIM118
+            if shapes != {key: entry["shape"] for key, entry in header.items()}:
+                raise ValueError(
+                    f"{record.path}: the safetensors library reads other tensors than were written"
+                )
+        elif record.codec == "json":
+            tree = json.loads(path.read_bytes())
+            missing = set(tensor_keys(tree["skeleton"])) - set(tree["frameworks"])
+            if missing:
+                raise ValueError(f"{record.path}: tensors {sorted(missing)[:3]} have no framework recorded")
+        elif record.codec == "torch":
+            _torch_load(path.read_bytes(), directory.name, record.path)
+
+
+def read_state(name: str, files: dict[str, bytearray]) -> Any:
+    """Decode verified file contents (``files`` maps manifest path -> bytes whose hash already matched)."""
+    if TORCH_FILE in files:
+        return _torch_load(files[TORCH_FILE], name, TORCH_FILE)
+    try:
+        tree = json.loads(files[TREE_FILE])
+        tensors = st.decode(files[TENSORS_FILE], tree["frameworks"]) if TENSORS_FILE in files else {}
+        return unflatten(tree["skeleton"], tensors)
+    except KeyError as error:
+        raise CorruptCheckpoint(name, TREE_FILE, f"missing entry {error}") from error
+    except (ValueError, TypeError) as error:
+        raise CorruptCheckpoint(name, TENSORS_FILE, f"cannot decode: {error}") from error
+
+
+def _torch_load(data: bytes | bytearray, name: str, file: str) -> Any:
+    import torch
+
+    try:
+        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as error:
+        # weights_only=True refuses any global outside torch's allow-list *before* calling it.
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UnsafeCheckpoint(name, file, f"refused by torch's weights_only loader: {first}") from error
+    except Exception as error:
+        raise CorruptCheckpoint(name, file, f"cannot decode with torch.load: {error}") from error
+
+
+__all__ = [
+    "FORMATS",
+    "TENSORS_FILE",
+    "TORCH_FILE",
+    "TREE_FILE",
+    "FileRecord",
+    "NonFiniteValues",
+    "read_state",
+    "validate_staged",
+    "write_state",
+]

@@ -1,0 +1,283 @@
+"""CheckpointStore: fenced, atomic, hashed checkpoints of one run, with retention and quarantine."""
+
+from __future__ import annotations
+
+import builtins
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+from trainguard.checkpoints import retention
+from trainguard.checkpoints._commit import SaveRequest, Validator, commit
+from trainguard.checkpoints._layout import quarantine_root, staging_root
+from trainguard.checkpoints._quarantine import discard, quarantine_path, release_path
+from trainguard.checkpoints._reading import VerifyReport, load_dir, verify_dir
+from trainguard.checkpoints._recovery import RecoveryReport, recover
+from trainguard.checkpoints.codecs import FORMATS
+from trainguard.checkpoints.manifest import Manifest
+from trainguard.errors import CheckpointNotFound, ConfigError, CorruptCheckpoint
+from trainguard.names import validate_name
+from trainguard.registry import DEFAULT_LEASE_TTL, CheckpointRecord, Lease, Registry, default_registry_url
+
+LATEST = "latest"
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A verified checkpoint: ``state`` decoded only after every hash matched."""
+
+    state: Any
+    record: CheckpointRecord
+    manifest: Manifest
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def episode(self) -> int:
+        return self.record.episode
+
+
+def default_name(episode: int, token: int) -> str:
+    # The token is part of the name: after a takeover the new holder may save the same episode again.
+    return f"ep{episode:08d}-t{token}"
+
+
+class CheckpointStore:
+    """The checkpoints of one run under ``root``.
+
+    ``registry`` is a :class:`Registry` or a URL; by default ``<root>/.trainguard/registry.db``. Opening the
+    store runs recovery (see ``_recovery``) unless ``recover=False``.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        run: str,
+        registry: Registry | str | None = None,
+        retention_policy: retention.Policy | None = None,
+        format: str = "safetensors",
+        validate: bool = True,
+        check_finite: bool = True,
+        validators: Sequence[Validator] = (),
+        recover_on_open: bool = True,
+        foreign_grace: float = 10 * DEFAULT_LEASE_TTL,
+    ) -> None:
+        self.run = validate_name(run, "run")
+        if format not in FORMATS:
+            raise ConfigError("checkpoints.format", format, f"must be one of {', '.join(FORMATS)}")
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging_root(self.root).mkdir(exist_ok=True)
+        self._owns_registry = not isinstance(registry, Registry)
+        if isinstance(registry, Registry):
+            self.registry = registry
+        else:
+            self.registry = Registry.open(registry or default_registry_url(self.root))
+        self.retention = retention_policy or retention.keep_all
+        self.format = format
+        self.validate = validate
+        self.check_finite = check_finite
+        self.validators = tuple(validators)
+        self.foreign_grace = foreign_grace
+        self._last_saved: str | None = None
+        self.registry.ensure_run(self.run, store=self.root)
+        self.recovery = self.recover() if recover_on_open else RecoveryReport()
+
+    def close(self) -> None:
+        if self._owns_registry:
+            self.registry.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def recover(self) -> RecoveryReport:
+        """Bring directories in line with the registry; safe to run while writers are active."""
+        return recover(self, foreign_grace=self.foreign_grace)
+
+    def episode_limit(self) -> int | None:
+        info = self.registry.run_info(self.run)
+        limit = info.limits.get("max_episodes") if info else None
+        return int(limit) if limit is not None else None
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def save(
+        self,
+        state: object,
+        *,
+        episode: int,
+        lease: Lease,
+        metrics: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        parent: str | None = None,
+        fingerprint: str | None = None,
+        code_hash: str | None = None,
+        config_hash: str | None = None,
+    ) -> CheckpointRecord:
+        """Commit ``state`` as a checkpoint of ``episode`` under ``lease`` (design section 4).
+
+        Raises ``CommitFenced`` (a ``LeaseLost``) when the token is not current, ``CommitRefused`` beyond the
+        budget, ``CheckpointRejected`` when validation fails, ``CheckpointWriteError`` naming the failed step.
+        Retention runs only after the commit succeeded.
+        """
+        if lease.run != self.run:
+            raise ConfigError(
+                "lease", lease.run, f"is a lease of another run; this store is for {self.run!r}"
+            )
+        if isinstance(episode, bool) or not isinstance(episode, int) or episode < 0:
+            raise ConfigError("episode", episode, "must be a non-negative integer")
+        name = validate_name(name or default_name(episode, lease.token), "checkpoint")
+        if parent is None:
+            parent = self._last_saved or self._resumed_from()
+        request = SaveRequest(
+            state=state,
+            episode=episode,
+            lease=lease,
+            name=name,
+            metrics=dict(metrics or {}),
+            parent=parent,
+            fingerprint=fingerprint,
+            code_hash=code_hash,
+            config_hash=config_hash,
+        )
+        record = commit(self, request)
+        self._last_saved = record.name
+        self.prune()
+        return record
+
+    def _resumed_from(self) -> str | None:
+        info = self.registry.run_info(self.run)
+        return info.resumed_from if info else None
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def list(self, *, states: Iterable[str] | None = ("committed",)) -> builtins.list[CheckpointRecord]:
+        """Checkpoints as the registry records them, oldest episode first (``states=None``: every state)."""
+        return self.registry.checkpoints(self.run, states=states)
+
+    def latest(self) -> CheckpointRecord | None:
+        committed = self.list()
+        return committed[-1] if committed else None
+
+    def record(self, name: str) -> CheckpointRecord:
+        if name == LATEST:
+            latest = self.latest()
+            if latest is None:
+                raise CheckpointNotFound(self.run, name, "the run has no committed checkpoint")
+            return latest
+        return self.registry.checkpoint(self.run, validate_name(name, "checkpoint"))
+
+    def _directory(self, record: CheckpointRecord) -> Path:
+        if record.state == "quarantined":
+            return quarantine_root(self.root) / record.name
+        return self.root / record.name
+
+    def load(self, name: str = LATEST) -> LoadedCheckpoint:
+        """Verify every hash, then decode. Only committed checkpoints load; quarantined ones are refused."""
+        record = self.record(name)
+        if record.state != "committed":
+            raise CheckpointNotFound(
+                self.run,
+                record.name,
+                f"is {record.state} ({record.state_reason or 'no reason'}); only committed checkpoints load",
+            )
+        directory = self._directory(record)
+        if not directory.exists():
+            self.recover()  # a crash between commit and rename leaves it in staging: roll it forward
+        state, manifest = load_dir(record.name, directory, record.manifest_hash)
+        return LoadedCheckpoint(state, record, manifest)
+
+    def verify(self, name: str = LATEST) -> VerifyReport:
+        """Check hashes of a committed or quarantined checkpoint; a report (value), not an exception."""
+        record = self.record(name)
+        if record.state == "evicted":
+            raise CheckpointNotFound(self.run, record.name, "was evicted; there is nothing to verify")
+        return verify_dir(record.name, self._directory(record), record.manifest_hash)
+
+    # -- pins, quarantine, retention ----------------------------------------------------------------
+
+    def pin(self, name: str, *, reason: str | None = None) -> CheckpointRecord:
+        return self.registry.set_pinned(self.run, self.record(name).name, True, reason=reason)
+
+    def unpin(self, name: str, *, reason: str | None = None) -> CheckpointRecord:
+        return self.registry.set_pinned(self.run, self.record(name).name, False, reason=reason)
+
+    def quarantine(self, name: str, *, reason: str) -> CheckpointRecord:
+        """Move a committed checkpoint aside with a reason record (never deleted; ``release`` undoes it)."""
+        if not reason or not reason.strip():
+            raise ConfigError("reason", reason, "a quarantine needs a reason")
+        record = self.record(name)
+        # Registry first: from this moment nothing loads it; the move follows (recovery finishes it).
+        record = self.registry.set_checkpoint_state(
+            self.run, record.name, "quarantined", reason=reason, expect=("committed",)
+        )
+        source, target = self.root / record.name, quarantine_root(self.root) / record.name
+        if source.exists() and not target.exists():
+            quarantine_path(
+                source,
+                target,
+                {
+                    "reason": reason,
+                    "run": self.run,
+                    "checkpoint": record.name,
+                    "episode": record.episode,
+                    "token": record.token,
+                },
+            )
+        return record
+
+    def release(self, name: str, *, reason: str = "released by operator") -> CheckpointRecord:
+        """Bring a quarantined checkpoint back, after checking it still verifies."""
+        record = self.record(name)
+        if record.state != "quarantined":
+            raise CheckpointNotFound(self.run, record.name, f"is {record.state}, not quarantined")
+        parked = quarantine_root(self.root) / record.name
+        report = verify_dir(record.name, parked, record.manifest_hash)
+        if not report.ok:
+            problem = report.problems[0]
+            raise CorruptCheckpoint(record.name, problem.file, f"cannot be released: {problem.reason}")
+        record = self.registry.set_checkpoint_state(
+            self.run, record.name, "committed", reason=reason, expect=("quarantined",)
+        )
+        if not (self.root / record.name).exists():
+            release_path(parked, self.root / record.name)
+        return record
+
+    def protected(self) -> set[str]:
+        """Never evicted: pinned checkpoints, the live one, the one the run resumed from."""
+        names = {r.name for r in self.list() if r.pinned}
+        live = self.registry.live_pointer(self.run)
+        resumed = self._resumed_from()
+        return names | {n for n in (live, resumed) if n}
+
+    def prune(self, *, policy: retention.Policy | None = None, dry_run: bool = False) -> builtins.list[str]:
+        """Evict what the retention policy does not keep; returns the evicted names."""
+        committed = self.list()
+        candidates = [retention.Candidate(r.name, r.episode, r.metrics) for r in committed]
+        doomed = retention.evictions(candidates, policy or self.retention, self.protected())
+        if dry_run:
+            return doomed
+        evicted: builtins.list[str] = []
+        for name in doomed:
+            # Registry first, so a crash mid-delete leaves a row that says "evicted" and recovery finishes.
+            try:
+                self.registry.set_checkpoint_state(
+                    self.run, name, "evicted", reason="retention", expect=("committed",)
+                )
+            except CheckpointNotFound:
+                continue  # pinned, promoted or quarantined since the list was read
+            if (self.root / name).exists():
+                discard(self.root, self.root / name)
+            evicted.append(name)
+        return evicted
+
+
+__all__ = ["LATEST", "CheckpointStore", "LoadedCheckpoint", "default_name"]

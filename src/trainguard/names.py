@@ -1,0 +1,39 @@
+"""Validation of run and checkpoint names.
+
+Names become directory names under the store and keys in the registry, so anything that could climb out of
+the store (``/``, ``..``), hide (a leading dot collides with ``.staging`` and ``.quarantine``), or be cut
+short by C APIs (NUL) is refused before it reaches the filesystem.
+"""
+
+from __future__ import annotations
+
+import re
+
+from trainguard.errors import InvalidName
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+MAX_NAME_LENGTH = 128
+
+
+def validate_name(value: object, what: str = "run") -> str:
+    """Return ``value`` if it is a safe run/checkpoint name, else raise :class:`InvalidName`."""
+    if not isinstance(value, str):
+        raise InvalidName(what, repr(value), "must be a string")
+    if not value:
+        raise InvalidName(what, value, "must not be empty")
+    if "\x00" in value:
+        raise InvalidName(what, value, "must not contain NUL")
+    if "/" in value or "\\" in value:
+        raise InvalidName(what, value, "must not contain '/' or '\\' (it names one directory)")
+    if ".." in value:
+        raise InvalidName(what, value, "must not contain '..'")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidName(what, value, f"must be at most {MAX_NAME_LENGTH} characters")
+    if not _NAME.fullmatch(value):
+        raise InvalidName(
+            what, value, "allowed: letters, digits, '-', '_', '.'; must not start with '.' or '-'"
+        )
+    return value
+
+
+__all__ = ["MAX_NAME_LENGTH", "validate_name"]

@@ -1,0 +1,216 @@
+"""Checkpoint rows: the commit decision, state changes (quarantine, release, evict), pins, live pointers."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+
+from sqlalchemy import Connection, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from trainguard.errors import CheckpointNotFound
+from trainguard.registry import _schema as t
+from trainguard.registry._leases import LeaseOps
+from trainguard.registry._records import CheckpointRecord, CommitVerdict
+
+STATES = ("committed", "quarantined", "evicted")
+
+
+class CheckpointOps(LeaseOps):
+    def commit_checkpoint(self, record: CheckpointRecord, *, writer: dict[str, object]) -> CommitVerdict:
+        """The single point at which a checkpoint becomes committed (design section 4, step 6).
+
+        In one transaction, with the run row locked: the token must be the run's live lease, the episode
+        must be within the run's episode budget, the name must be new. A refusal is recorded as an event
+        naming the token and the writer, and returned (not raised): refusals are expected outcomes.
+        """
+        with self.transaction() as conn:
+            run = self._lock_run(conn, record.run)
+            live, why = self.lease_check(conn, record.run, record.token)
+            verdict = CommitVerdict(accepted=True)
+            max_episodes = run.limits.get("max_episodes")
+            if not live:
+                verdict = CommitVerdict(False, f"stale fencing token {record.token}: {why}", fenced=True)
+            elif max_episodes is not None and record.episode > int(max_episodes):
+                verdict = CommitVerdict(
+                    False, f"episode {record.episode} is beyond the run's budget of {max_episodes} episodes"
+                )
+            elif self._row(conn, record.run, record.name) is not None:
+                verdict = CommitVerdict(False, f"a checkpoint named {record.name!r} already exists")
+            if verdict.accepted:
+                now = time.time()
+                conn.execute(
+                    insert(t.checkpoints).values(
+                        run=record.run,
+                        name=record.name,
+                        episode=record.episode,
+                        token=record.token,
+                        parent=record.parent,
+                        fingerprint=record.fingerprint,
+                        manifest_hash=record.manifest_hash,
+                        state="committed",
+                        pinned=False,
+                        metrics_json=json.dumps(record.metrics, sort_keys=True, default=float),
+                        bytes=record.bytes,
+                        created_at=record.created_at or now,
+                        state_changed_at=now,
+                    )
+                )
+                self.record_event(
+                    conn,
+                    record.run,
+                    "checkpoint_committed",
+                    token=record.token,
+                    checkpoint=record.name,
+                    detail={"episode": record.episode},
+                )
+            else:
+                self.record_event(
+                    conn,
+                    record.run,
+                    "commit_refused",
+                    token=record.token,
+                    checkpoint=record.name,
+                    reason=verdict.reason,
+                    detail={"episode": record.episode, "writer": writer, "fenced": verdict.fenced},
+                )
+        return verdict
+
+    @staticmethod
+    def _row(conn: Connection, run: str, name: str) -> CheckpointRecord | None:
+        row = conn.execute(
+            select(t.checkpoints).where(t.checkpoints.c.run == run, t.checkpoints.c.name == name)
+        ).first()
+        return CheckpointRecord.from_row(row) if row else None
+
+    def checkpoint(self, run: str, name: str) -> CheckpointRecord:
+        with self.reading() as conn:
+            found = self._row(conn, run, name)
+        if found is None:
+            raise CheckpointNotFound(run, name)
+        return found
+
+    def find_checkpoint(self, run: str, name: str) -> CheckpointRecord | None:
+        with self.reading() as conn:
+            return self._row(conn, run, name)
+
+    def checkpoints(
+        self, run: str, *, states: Iterable[str] | None = ("committed",)
+    ) -> list[CheckpointRecord]:
+        """Checkpoints of ``run`` ordered by (episode, commit order); ``states=None`` returns every state."""
+        query = select(t.checkpoints).where(t.checkpoints.c.run == run)
+        if states is not None:
+            query = query.where(t.checkpoints.c.state.in_(list(states)))
+        query = query.order_by(t.checkpoints.c.episode, t.checkpoints.c.id)
+        with self.reading() as conn:
+            return [CheckpointRecord.from_row(r) for r in conn.execute(query).all()]
+
+    def set_checkpoint_state(
+        self,
+        run: str,
+        name: str,
+        state: str,
+        *,
+        reason: str,
+        expect: Iterable[str] | None = None,
+        detail: dict[str, object] | None = None,
+    ) -> CheckpointRecord:
+        """Move a checkpoint row to ``state`` (recorded as an event); ``expect`` guards against races."""
+        if state not in STATES:
+            raise ValueError(f"state {state!r}: must be one of {', '.join(STATES)}")
+        with self.transaction() as conn:
+            self._lock_run(conn, run)
+            current = self._row(conn, run, name)
+            if current is None:
+                raise CheckpointNotFound(run, name)
+            if expect is not None and current.state not in set(expect):
+                raise CheckpointNotFound(run, name, f"is {current.state}, expected {' or '.join(expect)}")
+            if state == "evicted":
+                # Checked under the run lock: a pin or promotion that raced the retention pass wins.
+                live = conn.execute(
+                    select(t.live_pointers.c.checkpoint).where(t.live_pointers.c.run == run)
+                ).scalar()
+                if current.pinned or live == name:
+                    raise CheckpointNotFound(run, name, "is pinned or live; it cannot be evicted")
+            conn.execute(
+                update(t.checkpoints)
+                .where(t.checkpoints.c.run == run, t.checkpoints.c.name == name)
+                .values(state=state, state_reason=reason, state_changed_at=time.time())
+            )
+            kind = {
+                "committed": "checkpoint_released",
+                "quarantined": "checkpoint_quarantined",
+                "evicted": "checkpoint_evicted",
+            }[state]
+            self.record_event(
+                conn,
+                run,
+                kind,
+                token=current.token,
+                checkpoint=name,
+                reason=reason,
+                detail={"from": current.state, **(detail or {})},
+            )
+        return self.checkpoint(run, name)
+
+    def set_pinned(self, run: str, name: str, pinned: bool, *, reason: str | None = None) -> CheckpointRecord:
+        with self.transaction() as conn:
+            self._lock_run(conn, run)
+            current = self._row(conn, run, name)
+            if current is None:
+                raise CheckpointNotFound(run, name)
+            if current.state == "evicted" and pinned:
+                raise CheckpointNotFound(run, name, "was evicted; its files are gone, it cannot be pinned")
+            conn.execute(
+                update(t.checkpoints)
+                .where(t.checkpoints.c.run == run, t.checkpoints.c.name == name)
+                .values(pinned=pinned)
+            )
+            self.record_event(
+                conn,
+                run,
+                "checkpoint_pinned" if pinned else "checkpoint_unpinned",
+                checkpoint=name,
+                reason=reason,
+            )
+        return self.checkpoint(run, name)
+
+    # -- live pointers ----------------------------------------------------------------------------
+
+    def live_pointer(self, run: str) -> str | None:
+        with self.reading() as conn:
+            row = conn.execute(
+                select(t.live_pointers.c.checkpoint).where(t.live_pointers.c.run == run)
+            ).first()
+        return row[0] if row else None
+
+    def set_live_pointer(
+        self, run: str, name: str, *, reason: str, detail: dict[str, object] | None = None
+    ) -> None:
+        """Move the live pointer (callers run the promotion gates first)."""
+        with self.transaction() as conn:
+            self._lock_run(conn, run)
+            target = self._row(conn, run, name)
+            if target is None or target.state != "committed":
+                raise CheckpointNotFound(run, name, "only a committed checkpoint can be live")
+            previous = conn.execute(
+                select(t.live_pointers.c.checkpoint).where(t.live_pointers.c.run == run)
+            ).scalar()
+            values = {"run": run, "checkpoint": name, "moved_at": time.time(), "reason": reason}
+            upsert = (pg_insert if self.dialect == "postgresql" else sqlite_insert)(t.live_pointers).values(
+                **values
+            )
+            conn.execute(upsert.on_conflict_do_update(index_elements=["run"], set_=values))
+            self.record_event(
+                conn,
+                run,
+                "live_moved",
+                checkpoint=name,
+                reason=reason,
+                detail={"from": previous, **(detail or {})},
+            )
+
+
+__all__ = ["STATES", "CheckpointOps"]

@@ -1,0 +1,142 @@
+"""The registry's tables (SQLAlchemy Core), one schema for SQLite and PostgreSQL.
+
+Times are floats: ``*_at`` columns are wall-clock seconds since the epoch (for people and reports);
+lease expiry is judged on ``expires_at`` in the clock domain named by ``clock_domain`` (see ``_clock``).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+SCHEMA_VERSION = 1
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT for an audit log that grows.
+_AutoId = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+schema_version = Table(
+    "tg_schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("installed_at", Float, nullable=False),
+)
+
+runs = Table(
+    "tg_runs",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("store", Text),
+    Column("created_at", Float, nullable=False),
+    # Highest token ever handed out for this run. Tokens come only from here, inside the transaction that
+    # bumps it, so a token is never reused - not after a crash, not after a reboot.
+    Column("last_token", BigInteger, nullable=False, default=0),
+    Column("limits_json", Text),
+    Column("resumed_from", String(128)),
+    Column("episodes_spent", BigInteger, nullable=False, default=0),
+    Column("steps_spent", BigInteger, nullable=False, default=0),
+    Column("runtime_spent", Float, nullable=False, default=0.0),
+)
+
+leases = Table(
+    "tg_leases",
+    metadata,
+    Column("run", String(128), ForeignKey("tg_runs.name"), primary_key=True),
+    Column("token", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),  # held | released | revoked | expired
+    Column("holder_host", Text, nullable=False),
+    Column("holder_host_key", Text, nullable=False),
+    Column("holder_pid", Integer, nullable=False),
+    Column("holder_start_time", Float, nullable=False),
+    Column("ttl", Float, nullable=False),
+    Column("acquired_at", Float, nullable=False),
+    Column("renewed_at", Float, nullable=False),
+    Column("renewals", BigInteger, nullable=False, default=0),
+    Column("clock_domain", Text, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("expires_wall", Float, nullable=False),
+    Column("ended_at", Float),
+    Column("end_reason", Text),
+)
+
+checkpoints = Table(
+    "tg_checkpoints",
+    metadata,
+    Column("id", _AutoId, primary_key=True, autoincrement=True),
+    Column("run", String(128), ForeignKey("tg_runs.name"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("episode", BigInteger, nullable=False),
+    Column("token", BigInteger, nullable=False),
+    Column("parent", String(128)),
+    Column("fingerprint", Text),
+    Column("manifest_hash", String(128), nullable=False),
+    Column("state", String(16), nullable=False),  # committed | quarantined | evicted
+    Column("pinned", Boolean, nullable=False, default=False),
+    Column("metrics_json", Text, nullable=False, default="{}"),
+    Column("bytes", BigInteger, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    Column("state_reason", Text),
+    Column("state_changed_at", Float),
+    UniqueConstraint("run", "name", name="uq_tg_checkpoints_run_name"),
+    Index("ix_tg_checkpoints_run_episode", "run", "episode"),
+)
+
+events = Table(
+    "tg_events",
+    metadata,
+    Column("id", _AutoId, primary_key=True, autoincrement=True),
+    Column("run", String(128)),
+    Column("at", Float, nullable=False),
+    Column("kind", String(48), nullable=False),
+    Column("token", BigInteger),
+    Column("checkpoint", String(128)),
+    Column("actor_host", Text, nullable=False),
+    Column("actor_pid", Integer, nullable=False),
+    Column("reason", Text),
+    Column("detail_json", Text, nullable=False, default="{}"),
+    Index("ix_tg_events_run_id", "run", "id"),
+    Index("ix_tg_events_kind_at", "kind", "at"),
+)
+
+live_pointers = Table(
+    "tg_live_pointers",
+    metadata,
+    Column("run", String(128), ForeignKey("tg_runs.name"), primary_key=True),
+    Column("checkpoint", String(128), nullable=False),
+    Column("moved_at", Float, nullable=False),
+    Column("reason", Text),
+)
+
+heartbeats = Table(
+    "tg_heartbeats",
+    metadata,
+    Column("run", String(128), ForeignKey("tg_runs.name"), primary_key=True),
+    Column("token", BigInteger, nullable=False),
+    Column("at", Float, nullable=False),
+    Column("detail_json", Text, nullable=False, default="{}"),
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "checkpoints",
+    "events",
+    "heartbeats",
+    "leases",
+    "live_pointers",
+    "metadata",
+    "runs",
+    "schema_version",
+]
