@@ -66,11 +66,14 @@ class CheckpointStore:
         validators: Sequence[Validator] = (),
         recover_on_open: bool = True,
         foreign_grace: float = 10 * DEFAULT_LEASE_TTL,
+        create_run: bool = True,
     ) -> None:
         self.run = validate_name(run, "run")
         if format not in FORMATS:
             raise ConfigError("checkpoints.format", format, f"must be one of {', '.join(FORMATS)}")
         self.root = Path(root).resolve()
+        if not create_run and not self.root.is_dir():
+            raise ConfigError("store", str(self.root), "is not a directory")
         self.root.mkdir(parents=True, exist_ok=True)
         staging_root(self.root).mkdir(exist_ok=True)
         self._owns_registry = not isinstance(registry, Registry)
@@ -85,6 +88,9 @@ class CheckpointStore:
         self.validators = tuple(validators)
         self.foreign_grace = foreign_grace
         self._last_saved: str | None = None
+        if not create_run and self.registry.run_info(self.run) is None:
+            self.close()
+            raise ConfigError("run", self.run, f"is not in the registry {self.registry.url}")
         self.registry.ensure_run(self.run, store=self.root)
         self.recovery = self.recover() if recover_on_open else RecoveryReport()
 

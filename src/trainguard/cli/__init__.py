@@ -1,0 +1,49 @@
+"""The ``trainguard`` command line. Exit codes: 0 ok, 1 a check found a problem, 2 bad usage or config,
+3 refused by a guard rule (lease, budget, fence)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from trainguard import __version__
+from trainguard.cli import ckpt, config_cmd
+from trainguard.cli._common import ArgumentParser, err
+from trainguard.errors import TrainguardError
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="trainguard", description="Keeps long-running training under control.")
+    parser.add_argument("--version", action="version", version=f"trainguard {__version__}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=ArgumentParser
+    )
+    ckpt.register(commands)
+    config_cmd.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except TrainguardError as error:
+        err().print(f"trainguard: {error}", markup=False)
+        return error.exit_code
+    except KeyboardInterrupt:
+        err().print("trainguard: interrupted")
+        return 130
+    except Exception as error:
+        if os.environ.get("TRAINGUARD_DEBUG"):
+            raise
+        err().print(
+            f"trainguard: internal error: {type(error).__name__}: {error} "
+            "(set TRAINGUARD_DEBUG=1 for a traceback)",
+            markup=False,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""What every CLI command shares: argument parsing that fails in one line, output, opening a run's store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from rich.console import Console
+from rich.table import Table
+
+from trainguard.checkpoints import CheckpointStore
+from trainguard.config import TrainguardConfig, load_config
+from trainguard.errors import ConfigError
+from trainguard.names import validate_name
+from trainguard.registry import Registry, default_registry_url
+
+JSON_VERSION = 1
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports bad usage in one line (what, which value, which rule) and exits 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def out() -> Console:
+    # Piped output (logs, CI) gets wide tables instead of rich's 80-column default that truncates names.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def err() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def print_json(payload: dict[str, Any]) -> None:
+    sys.stdout.write(
+        json.dumps({"version": JSON_VERSION, **payload}, indent=2, sort_keys=True, default=str) + "\n"
+    )
+
+
+def table(*columns: str, title: str | None = None) -> Table:
+    result = Table(title=title, show_edge=False, header_style="bold")
+    for column in columns:
+        result.add_column(column)
+    return result
+
+
+def add_location_args(parser: argparse.ArgumentParser, *, json_flag: bool = False) -> None:
+    parser.add_argument("run", metavar="RUN", help="run name")
+    parser.add_argument("-c", "--config", metavar="CONFIG", help="config file (gives store and registry)")
+    parser.add_argument("--store", metavar="DIR", help="checkpoint store directory")
+    parser.add_argument("--registry", metavar="URL", help="registry URL (sqlite:///PATH or postgresql://...)")
+    if json_flag:
+        parser.add_argument(
+            "--json", action="store_true", help="machine-readable output (see docs/cli-json.md)"
+        )
+
+
+@dataclass
+class Location:
+    run: str
+    store: Path
+    registry_url: str
+    config: TrainguardConfig | None
+
+
+def locate(args: argparse.Namespace) -> Location:
+    """Resolve run, store and registry from --store / --registry / -c, in that order of precedence."""
+    run = validate_name(args.run, "run")
+    config = load_config(args.config, overrides={"run": run}) if args.config else None
+    store = Path(args.store) if args.store else (config.store_path() if config else None)
+    url = args.registry or (config.registry if config else None)
+    if store is None and url is None:
+        raise ConfigError("--store", None, "give --store DIR, --registry URL or -c CONFIG to find the run")
+    if url is None:
+        assert store is not None
+        url = default_registry_url(store)
+    if store is None:
+        with Registry.open(url) as registry:
+            info = registry.run_info(run)
+        if info is None or not info.store:
+            raise ConfigError(
+                "run", run, f"is not in the registry {url} (or has no store recorded); give --store"
+            )
+        store = Path(info.store)
+    return Location(run, store.resolve(), url, config)
+
+
+def open_store(location: Location, *, recover: bool = False) -> CheckpointStore:
+    """Open an existing run's store; never creates a run (a typo must not start a new lineage)."""
+    fmt = location.config.checkpoints.format if location.config else "safetensors"
+    return CheckpointStore(
+        location.store,
+        run=location.run,
+        registry=location.registry_url,
+        create_run=False,
+        recover_on_open=recover,
+        format=fmt,
+    )
+
+
+def human_time(timestamp: float | None) -> str:
+    if not timestamp:
+        return "-"
+    from datetime import datetime
+
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def metrics_text(metrics: dict[str, Any], limit: int = 3) -> str:
+    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(metrics.items())[:limit]]
+    return " ".join(parts) + (" ..." if len(metrics) > limit else "")
+
+
+def reason_arg(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("--reason", required=required, metavar="TEXT", help="recorded in the audit log")
+
+
+__all__ = [
+    "ArgumentParser",
+    "Location",
+    "add_location_args",
+    "err",
+    "human_time",
+    "locate",
+    "metrics_text",
+    "open_store",
+    "out",
+    "print_json",
+    "reason_arg",
+    "table",
+]

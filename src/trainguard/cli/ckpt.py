@@ -1,0 +1,204 @@
+"""``trainguard ckpt ls|verify|pin|unpin|quarantine|release|prune``."""
+
+from __future__ import annotations
+
+import argparse
+
+from trainguard.checkpoints import CheckpointStore, retention
+from trainguard.cli._common import (
+    ArgumentParser,
+    add_location_args,
+    human_time,
+    locate,
+    metrics_text,
+    open_store,
+    out,
+    print_json,
+    reason_arg,
+    table,
+)
+from trainguard.errors import ConfigError
+from trainguard.units import format_size
+
+
+def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
+    ckpt = commands.add_parser("ckpt", help="list, verify, pin, quarantine and prune checkpoints")
+    sub = ckpt.add_subparsers(dest="ckpt_command", required=True, metavar="COMMAND")
+
+    ls = sub.add_parser("ls", help="list checkpoints as the registry records them")
+    add_location_args(ls, json_flag=True)
+    ls.add_argument("--all", action="store_true", help="include quarantined and evicted checkpoints")
+    ls.set_defaults(handler=cmd_ls)
+
+    verify = sub.add_parser("verify", help="check every hash; exit 1 naming the file when one does not match")
+    add_location_args(verify, json_flag=True)
+    verify.add_argument("names", nargs="*", metavar="CKPT", help="checkpoints (default: every committed one)")
+    verify.set_defaults(handler=cmd_verify)
+
+    for action, doc in (("pin", "never evict this checkpoint"), ("unpin", "let retention consider it again")):
+        parser = sub.add_parser(action, help=doc)
+        add_location_args(parser)
+        parser.add_argument("name", metavar="CKPT")
+        reason_arg(parser, required=False)
+        parser.set_defaults(handler=cmd_pin, pinned=action == "pin")
+
+    quarantine = sub.add_parser(
+        "quarantine", help="move a checkpoint aside with a reason (nothing is deleted)"
+    )
+    add_location_args(quarantine)
+    quarantine.add_argument("name", metavar="CKPT")
+    reason_arg(quarantine, required=True)
+    quarantine.set_defaults(handler=cmd_quarantine)
+
+    release = sub.add_parser("release", help="bring a quarantined checkpoint back (after verifying it)")
+    add_location_args(release)
+    release.add_argument("name", metavar="CKPT")
+    reason_arg(release, required=False)
+    release.set_defaults(handler=cmd_release)
+
+    prune = sub.add_parser("prune", help="evict what the retention policy does not keep")
+    add_location_args(prune, json_flag=True)
+    prune.add_argument("--keep-last", type=int, metavar="N")
+    prune.add_argument("--keep-best", type=int, metavar="K")
+    prune.add_argument("--metric", metavar="NAME", help="metric for --keep-best")
+    prune.add_argument("--mode", choices=("min", "max"), default="max")
+    prune.add_argument("--keep-every", type=int, metavar="N")
+    prune.add_argument("--dry-run", action="store_true", help="print what would be evicted, change nothing")
+    prune.set_defaults(handler=cmd_prune)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with open_store(locate(args)) as store:
+        records = store.list(states=None if args.all else ("committed",))
+        live = store.registry.live_pointer(store.run)
+        if args.json:
+            print_json(
+                {
+                    "run": store.run,
+                    "store": str(store.root),
+                    "live": live,
+                    "checkpoints": [{**r.as_dict(), "live": r.name == live} for r in records],
+                }
+            )
+            return 0
+        view = table(
+            "name",
+            "episode",
+            "token",
+            "state",
+            "flags",
+            "size",
+            "created",
+            "metrics",
+            title=f"run {store.run} - {store.root}",
+        )
+        for r in records:
+            flags = " ".join(f for f, on in (("pinned", r.pinned), ("live", r.name == live)) if on)
+            view.add_row(
+                r.name,
+                str(r.episode),
+                str(r.token),
+                r.state,
+                flags,
+                format_size(r.bytes),
+                human_time(r.created_at),
+                metrics_text(r.metrics),
+            )
+        out().print(view if records else f"run {store.run}: no checkpoints")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    with open_store(locate(args)) as store:
+        names = args.names or [r.name for r in store.list()]
+        reports = [store.verify(name) for name in names]
+    bad = [r for r in reports if not r.ok]
+    if args.json:
+        print_json({"run": args.run, "ok": not bad, "results": [r.as_dict() for r in reports]})
+    else:
+        console = out()
+        for report in reports:
+            if report.ok:
+                console.print(f"ok       {report.name}")
+            for problem in report.problems:
+                console.print(f"CORRUPT  {report.name}: {problem.file}: {problem.reason}")
+        if not reports:
+            console.print(f"run {args.run}: no committed checkpoints to verify")
+    return 1 if bad else 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    with open_store(locate(args)) as store:
+        record = (
+            store.pin(args.name, reason=args.reason)
+            if args.pinned
+            else store.unpin(args.name, reason=args.reason)
+        )
+    out().print(f"{'pinned' if record.pinned else 'unpinned'} {record.name} (episode {record.episode})")
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    with open_store(locate(args)) as store:
+        record = store.quarantine(args.name, reason=args.reason)
+    out().print(f"quarantined {record.name} (episode {record.episode}): {args.reason} - nothing was deleted")
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    with open_store(locate(args)) as store:
+        record = store.release(args.name, reason=args.reason or "released by operator")
+    out().print(f"released {record.name} (episode {record.episode}); it verified and is committed again")
+    return 0
+
+
+def _policy(
+    args: argparse.Namespace, store: CheckpointStore, config_policy: retention.Policy | None
+) -> retention.Policy:
+    if args.keep_best and not args.metric:
+        raise ConfigError("--keep-best", args.keep_best, "needs --metric NAME")
+    for flag, value in (
+        ("--keep-last", args.keep_last),
+        ("--keep-best", args.keep_best),
+        ("--keep-every", args.keep_every),
+    ):
+        if value is not None and value < (1 if flag == "--keep-every" else 0):
+            raise ConfigError(flag, value, "must be >= 1" if flag == "--keep-every" else "must be >= 0")
+    if args.keep_last is not None:
+        return retention.from_settings(
+            args.keep_last, args.keep_best, args.metric, args.mode, args.keep_every
+        )
+    if config_policy is not None:
+        return config_policy
+    raise ConfigError(
+        "--keep-last",
+        None,
+        "prune needs a policy: --keep-last N (and optionally --keep-best, "
+        "--keep-every) or -c CONFIG with checkpoints.keep_last",
+    )
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    location = locate(args)
+    config_policy = None
+    if location.config is not None:
+        c = location.config.checkpoints
+        config_policy = retention.from_settings(
+            c.keep_last,
+            c.keep_best,
+            c.best_metric.name if c.best_metric else None,
+            c.best_metric.mode if c.best_metric else "max",
+            c.keep_every,
+        )
+    with open_store(location, recover=not args.dry_run) as store:
+        evicted = store.prune(policy=_policy(args, store, config_policy), dry_run=args.dry_run)
+        kept = [r.name for r in store.list()]
+    if args.json:
+        print_json({"run": args.run, "dry_run": args.dry_run, "evicted": evicted, "kept": kept})
+    else:
+        verb = "would evict" if args.dry_run else "evicted"
+        out().print(f"{verb} {len(evicted)}: {', '.join(evicted) or '-'}; kept {len(kept)}")
+    return 0
+
+
+__all__ = ["register"]
