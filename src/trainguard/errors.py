@@ -106,7 +106,8 @@ class LeaseLost(TrainguardError, RuntimeError):
         self.run = run
         self.token = token
         self.reason = reason
-        super().__init__(str(self))
+        # Not super(): CommitFenced inherits from both LeaseLost and CommitRefused.
+        RuntimeError.__init__(self, str(self))
 
     def __str__(self) -> str:
         return f"lease of run {self.run!r} with token {self.token} is no longer held: {self.reason}"
@@ -122,7 +123,7 @@ class CommitRefused(TrainguardError, RuntimeError):
         self.name = name
         self.token = token
         self.reason = reason
-        super().__init__(str(self))
+        RuntimeError.__init__(self, str(self))  # see LeaseLost
 
     def __str__(self) -> str:
         return (

@@ -170,6 +170,14 @@ def read_state(name: str, files: dict[str, bytearray]) -> Any:
         raise CorruptCheckpoint(name, TENSORS_FILE, f"cannot decode: {error}") from error
 
 
+def _why(error: BaseException) -> str:
+    """The informative line of torch's long weights_only message ("Unsupported global: GLOBAL os.system")."""
+    for line in str(error).splitlines():
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].strip().split(" was not an allowed")[0]
+    return type(error).__name__
+
+
 def _torch_load(data: bytes | bytearray, name: str, file: str) -> Any:
     import torch
 
@@ -177,8 +185,7 @@ def _torch_load(data: bytes | bytearray, name: str, file: str) -> Any:
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as error:
         # weights_only=True refuses any global outside torch's allow-list *before* calling it.
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UnsafeCheckpoint(name, file, f"refused by torch's weights_only loader: {first}") from error
+        raise UnsafeCheckpoint(name, file, f"refused by torch's weights_only loader: {_why(error)}") from error
     except Exception as error:
         raise CorruptCheckpoint(name, file, f"cannot decode with torch.load: {error}") from error
 

@@ -140,7 +140,7 @@ class CheckpointStore:
             )
         if isinstance(episode, bool) or not isinstance(episode, int) or episode < 0:
             raise ConfigError("episode", episode, "must be a non-negative integer")
-        name = validate_name(name or default_name(episode, lease.token), "checkpoint")
+        name = validate_name(default_name(episode, lease.token) if name is None else name, "checkpoint")
         if parent is None:
             parent = self._last_saved or self._resumed_from()
         request = SaveRequest(
