@@ -12,6 +12,7 @@ import io
 import json
 import os
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
@@ -170,11 +171,17 @@ def read_state(name: str, files: dict[str, bytearray]) -> Any:
         raise CorruptCheckpoint(name, TENSORS_FILE, f"cannot decode: {error}") from error
 
 
+_TORCH_REFUSAL = (
+    re.compile(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed|\. Please use|\n\n|$)", re.DOTALL),
+    re.compile(r"(Trying to load unsupported GLOBAL [^\n]+)"),
+)
+
+
 def _why(error: BaseException) -> str:
-    """The informative line of torch's long weights_only message ("Unsupported global: GLOBAL os.system")."""
-    for line in str(error).splitlines():
-        if "WeightsUnpickler error:" in line:
-            return line.split("WeightsUnpickler error:", 1)[1].strip().split(" was not an allowed")[0]
+    """The informative part of torch's long weights_only message ("Unsupported global: GLOBAL posix.system")."""
+    for pattern in _TORCH_REFUSAL:
+        if match := pattern.search(str(error)):
+            return " ".join(match[1].split())
     return type(error).__name__
 
 

@@ -33,7 +33,7 @@ def keep_last(n: int) -> Policy:
 
     def policy(candidates: Sequence[Candidate]) -> frozenset[str]:
         ordered = sorted(enumerate(candidates), key=lambda p: (p[1].episode, p[0]))
-        return frozenset(c.name for _, c in ordered[len(ordered) - n :]) if n else frozenset()
+        return frozenset(c.name for _, c in ordered[max(0, len(ordered) - n) :])
 
     return policy
 

@@ -182,9 +182,12 @@ class CheckpointStore:
         return self.registry.checkpoint(self.run, validate_name(name, "checkpoint"))
 
     def _directory(self, record: CheckpointRecord) -> Path:
-        if record.state == "quarantined":
-            return quarantine_root(self.root) / record.name
-        return self.root / record.name
+        directory = quarantine_root(self.root) / record.name if record.state == "quarantined" else self.root / record.name
+        if not directory.exists():
+            # Decided but not yet in place (a crash between commit and rename, or an interrupted
+            # quarantine/release): readers finish it rather than report a missing checkpoint.
+            self.recover()
+        return directory
 
     def load(self, name: str = LATEST) -> LoadedCheckpoint:
         """Verify every hash, then decode. Only committed checkpoints load; quarantined ones are refused."""
@@ -195,10 +198,7 @@ class CheckpointStore:
                 record.name,
                 f"is {record.state} ({record.state_reason or 'no reason'}); only committed checkpoints load",
             )
-        directory = self._directory(record)
-        if not directory.exists():
-            self.recover()  # a crash between commit and rename leaves it in staging: roll it forward
-        state, manifest = load_dir(record.name, directory, record.manifest_hash)
+        state, manifest = load_dir(record.name, self._directory(record), record.manifest_hash)
         return LoadedCheckpoint(state, record, manifest)
 
     def verify(self, name: str = LATEST) -> VerifyReport:
