@@ -16,7 +16,9 @@ HELPERS = Path(__file__).parent / "helpers"
 T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.01, what: str = "") -> T:
+def wait_until(
+    condition: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.01, what: str = ""
+) -> T:
     """Poll ``condition`` until it returns something truthy; fail the test at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
@@ -47,9 +49,15 @@ def spawned(args: list[str], **kwargs: object) -> Iterator[subprocess.Popen[str]
                 stream.close()
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """The real ``trainguard`` command line in a child process."""
     return subprocess.run(
-        [sys.executable, "-m", "trainguard", *args], capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})}, check=False,
+        [sys.executable, "-m", "trainguard", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
     )

@@ -95,8 +95,13 @@ def _assert_nothing_torn(store: CheckpointStore) -> None:
 
 @pytest.mark.parametrize(("step", "syscall", "fake", "decided"), FAULTS, ids=[f[0] for f in FAULTS])
 def test_failure_at_each_step(
-    tmp_path: Path, run_name: str, monkeypatch: pytest.MonkeyPatch, step: str, syscall: str,
-    fake: Callable[..., Any], decided: bool,
+    tmp_path: Path,
+    run_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+    syscall: str,
+    fake: Callable[..., Any],
+    decided: bool,
 ) -> None:
     root = tmp_path / "store"
     with CheckpointStore(root, run=run_name) as store:
@@ -119,14 +124,17 @@ def test_failure_at_each_step(
         episodes = [r.episode for r in reopened.list()]
         assert episodes == ([1, 2] if decided else [1])
         _assert_nothing_torn(reopened)
-        rolled = [e.checkpoint for e in reopened.registry.events(run_name, kinds=["checkpoint_rolled_forward"])]
+        rolled = [
+            e.checkpoint for e in reopened.registry.events(run_name, kinds=["checkpoint_rolled_forward"])
+        ]
         # After a failed rename the first reader rolled it forward; a failed fsync after the rename had
         # nothing left to roll.
         assert rolled == (["ep00000002-t1"] if step == "rename" else [])
 
 
-def test_registry_failure_before_commit_leaves_nothing(tmp_path: Path, run_name: str,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_registry_failure_before_commit_leaves_nothing(
+    tmp_path: Path, run_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with CheckpointStore(tmp_path / "s", run=run_name) as store:
         lease = store.registry.acquire(run_name, ttl=60)
         store.save(STATE, episode=1, lease=lease)

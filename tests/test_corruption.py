@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 from sqlalchemy import update
-from support import run_cli
 
+from support import run_cli
 from trainguard import CheckpointStore, CorruptCheckpoint, UnsafeCheckpoint
 from trainguard.checkpoints._hashing import hash_bytes
 from trainguard.checkpoints.codecs import read_state
@@ -35,7 +35,9 @@ def saved(sqlite_store: CheckpointStore) -> tuple[CheckpointStore, str]:
 
 
 @pytest.mark.parametrize("file", ["tensors.safetensors", "tree.json", "MANIFEST.json"])
-def test_flipped_byte_is_reported_by_verify_and_refused_by_load(saved: tuple[CheckpointStore, str], file: str) -> None:
+def test_flipped_byte_is_reported_by_verify_and_refused_by_load(
+    saved: tuple[CheckpointStore, str], file: str
+) -> None:
     store, name = saved
     target = store.root / name / file
     _flip(target, offset=len(target.read_bytes()) // 2)
@@ -91,7 +93,9 @@ def test_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path: Path, 
         torch.save({"model": _RunsCode(marker)}, buffer)
     else:
         pickle.dump({"model": _RunsCode(marker)}, buffer)
-    with pytest.raises(UnsafeCheckpoint, match="(?i)refused by torch's weights_only loader: .*unsupported") as raised:
+    with pytest.raises(
+        UnsafeCheckpoint, match=r"(?i)refused by torch's weights_only loader: .*unsupported"
+    ) as raised:
         read_state("evil", {"state.pt": bytearray(buffer.getvalue())})
     assert isinstance(raised.value, CorruptCheckpoint)
     assert not marker.exists()
@@ -112,8 +116,11 @@ def test_forged_hashes_still_do_not_let_a_pickle_run(tmp_path: Path, run_name: s
         text = json.dumps(manifest).encode()
         (directory / "MANIFEST.json").write_bytes(text)
         with store.registry.transaction() as conn:
-            conn.execute(update(_schema.checkpoints).where(_schema.checkpoints.c.name == record.name)
-                         .values(manifest_hash=hash_bytes(text)))
+            conn.execute(
+                update(_schema.checkpoints)
+                .where(_schema.checkpoints.c.name == record.name)
+                .values(manifest_hash=hash_bytes(text))
+            )
         assert store.verify(record.name).ok  # the forgery is consistent...
         with pytest.raises(UnsafeCheckpoint):
             store.load(record.name)  # ...and still refused by the weights_only loader

@@ -6,9 +6,17 @@ import subprocess
 import time
 
 import pytest
-from support import helper_command, wait_until
 
-from trainguard import CheckpointRecord, ConfigError, InvalidName, LeaseHeld, LeaseLost, Registry, RegistryError
+from support import helper_command, wait_until
+from trainguard import (
+    CheckpointRecord,
+    ConfigError,
+    InvalidName,
+    LeaseHeld,
+    LeaseLost,
+    Registry,
+    RegistryError,
+)
 from trainguard.identity import ProcessIdentity
 
 
@@ -35,8 +43,13 @@ def test_tokens_keep_increasing_after_the_registry_is_reopened(registry_url: str
 
 
 def test_tokens_survive_a_process_that_acquired_and_died(registry_url: str, run_name: str) -> None:
-    child = subprocess.run(helper_command("acquire_and_exit.py", registry_url, run_name), capture_output=True,
-                           text=True, timeout=60, check=True)
+    child = subprocess.run(
+        helper_command("acquire_and_exit.py", registry_url, run_name),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     child_token = int(child.stdout.strip())
     with Registry.open(registry_url) as registry:
         # The child's process is gone: its lease is not live, so no takeover is needed...
@@ -80,16 +93,27 @@ def test_renew_release_and_their_events(registry: Registry, run_name: str) -> No
     info = registry.lease_info(run_name)
     assert info is not None and info.state == "released" and not info.live
     assert _kinds(registry, run_name) == [
-        "run_created", "lease_acquired", "lease_renewed", "lease_renewed", "lease_released",
+        "run_created",
+        "lease_acquired",
+        "lease_renewed",
+        "lease_renewed",
+        "lease_released",
     ]
     with pytest.raises(LeaseLost):
         lease.renew()
 
 
-def test_revoke_by_another_process_fences_the_holder(registry_url: str, registry: Registry, run_name: str) -> None:
+def test_revoke_by_another_process_fences_the_holder(
+    registry_url: str, registry: Registry, run_name: str
+) -> None:
     lease = registry.acquire(run_name, ttl=30)
-    revoked = subprocess.run(helper_command("revoke.py", registry_url, run_name, "watchdog: over budget"),
-                             capture_output=True, text=True, timeout=60, check=True)
+    revoked = subprocess.run(
+        helper_command("revoke.py", registry_url, run_name, "watchdog: over budget"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert int(revoked.stdout.strip()) == lease.token
     with pytest.raises(LeaseLost, match="revoked: watchdog: over budget"):
         lease.renew()
@@ -149,7 +173,9 @@ def test_commit_accepts_only_the_live_token(registry: Registry, run_name: str) -
     assert [r.name for r in registry.checkpoints(run_name)] == ["a", "b"]
 
 
-def test_commit_refuses_an_episode_beyond_the_budget_and_duplicates(registry: Registry, run_name: str) -> None:
+def test_commit_refuses_an_episode_beyond_the_budget_and_duplicates(
+    registry: Registry, run_name: str
+) -> None:
     lease = registry.acquire(run_name, ttl=30)
     registry.set_limits(run_name, {"max_episodes": 100})
     assert registry.commit_checkpoint(_record(run_name, "ok", 100, lease.token), writer={}).accepted

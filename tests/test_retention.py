@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
 from trainguard.checkpoints.retention import (
@@ -58,12 +61,18 @@ def test_policies_keep(policy, kept: set[str]) -> None:  # type: ignore[no-untyp
         ({}, set(), []),  # nothing configured: nothing is ever evicted
         ({"keep_last_n": 2}, set(), ["ep100", "ep200", "ep300", "ep400"]),
         ({"keep_last_n": 2}, {"ep100"}, ["ep200", "ep300", "ep400"]),
-        ({"keep_last_n": 1, "keep_best_k": 1, "best_metric": "expectancy"}, set(), ["ep100", "ep300", "ep400", "ep500"]),
+        (
+            {"keep_last_n": 1, "keep_best_k": 1, "best_metric": "expectancy"},
+            set(),
+            ["ep100", "ep300", "ep400", "ep500"],
+        ),
         ({"keep_last_n": 1, "keep_every_n": 200}, {"ep300"}, ["ep100", "ep500"]),
         ({"keep_last_n": 0}, set(), [c.name for c in HISTORY]),
     ],
 )
-def test_evictions_respect_policy_and_protection(settings: dict, protected: set[str], evicted: list[str]) -> None:  # type: ignore[type-arg]
+def test_evictions_respect_policy_and_protection(
+    settings: dict[str, Any], protected: set[str], evicted: list[str]
+) -> None:
     assert evictions(HISTORY, from_settings(**settings), protected) == evicted
 
 
@@ -78,8 +87,15 @@ def test_same_episode_twice_keeps_the_later_commit() -> None:
     assert keep_last(1)(again) == {"ep5-t2"}
 
 
-@pytest.mark.parametrize("bad", [lambda: keep_last(-1), lambda: keep_best(-1, "m"), lambda: keep_every(0),
-                                 lambda: keep_best(1, "m", "median")])  # type: ignore[arg-type]
-def test_bad_settings_are_refused(bad) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: keep_last(-1),
+        lambda: keep_best(-1, "m"),
+        lambda: keep_every(0),
+        lambda: keep_best(1, "m", "median"),  # type: ignore[arg-type]
+    ],
+)
+def test_bad_settings_are_refused(bad: Callable[[], object]) -> None:
     with pytest.raises(ValueError):
         bad()

@@ -33,8 +33,14 @@ def _model_state() -> dict[str, object]:
     optim = torch.optim.Adam(model.parameters(), lr=3e-4)
     model(torch.randn(5, 8)).sum().backward()
     optim.step()
-    return {"model": model.state_dict(), "optim": optim.state_dict(), "episode_rewards": [1.5, -2.0],
-            "rng": np.random.default_rng(1).integers(0, 10, size=4), "note": "ok", "inf": float("inf")}
+    return {
+        "model": model.state_dict(),
+        "optim": optim.state_dict(),
+        "episode_rewards": [1.5, -2.0],
+        "rng": np.random.default_rng(1).integers(0, 10, size=4),
+        "note": "ok",
+        "inf": float("inf"),
+    }
 
 
 def _assert_same(a: object, b: object) -> None:
@@ -61,8 +67,9 @@ def test_round_trip_of_model_optimizer_and_metadata(store: CheckpointStore) -> N
     loaded = store.load(record.name)
     _assert_same(state, loaded.state)
     # Optimizer state keeps its integer keys: it can be fed straight back to load_state_dict.
-    optim = torch.optim.Adam(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(),
-                                                 torch.nn.Linear(16, 4)).parameters())
+    optim = torch.optim.Adam(
+        torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).parameters()
+    )
     optim.load_state_dict(loaded.state["optim"])
     assert loaded.manifest.episode == 100 and loaded.manifest.token == lease.token
     assert loaded.manifest.writer["pid"] == os.getpid()
@@ -71,7 +78,10 @@ def test_round_trip_of_model_optimizer_and_metadata(store: CheckpointStore) -> N
 
 def test_tensors_file_is_standard_safetensors(store: CheckpointStore) -> None:
     lease = store.registry.acquire(store.run, ttl=30)
-    weights = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(3, dtype=np.int64)}
+    weights: dict[str, np.ndarray] = {
+        "w": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "b": np.ones(3, dtype=np.int64),
+    }
     record = store.save(weights, episode=1, lease=lease)
     read_by_library = load_file(str(store.root / record.name / "tensors.safetensors"))
     assert {k: v.tolist() for k, v in read_by_library.items()} == {k: v.tolist() for k, v in weights.items()}
@@ -176,14 +186,22 @@ def test_pin_quarantine_and_release(store: CheckpointStore) -> None:
     store.quarantine(record.name, reason="trained on wrong features")
     assert not (store.root / record.name).exists()
     parked = store.root / QUARANTINE / record.name
-    assert parked.is_dir() and json.loads(reason_file(parked).read_text())["reason"] == "trained on wrong features"
+    assert (
+        parked.is_dir()
+        and json.loads(reason_file(parked).read_text())["reason"] == "trained on wrong features"
+    )
     with pytest.raises(CheckpointNotFound, match="quarantined"):
         store.load(record.name)
     assert store.verify(record.name).ok  # quarantined, not damaged
     store.release(record.name)
     assert store.load(record.name).state["x"].tolist() == [0, 1, 2, 3]
     kinds = [e.kind for e in store.registry.events(store.run)]
-    assert {"checkpoint_pinned", "checkpoint_unpinned", "checkpoint_quarantined", "checkpoint_released"} <= set(kinds)
+    assert {
+        "checkpoint_pinned",
+        "checkpoint_unpinned",
+        "checkpoint_quarantined",
+        "checkpoint_released",
+    } <= set(kinds)
 
 
 def test_quarantine_needs_a_reason(store: CheckpointStore) -> None:

@@ -178,7 +178,7 @@ _TORCH_REFUSAL = (
 
 
 def _why(error: BaseException) -> str:
-    """The informative part of torch's long weights_only message ("Unsupported global: GLOBAL posix.system")."""
+    """The informative part of torch's weights_only refusal ("Unsupported global: GLOBAL posix.system")."""
     for pattern in _TORCH_REFUSAL:
         if match := pattern.search(str(error)):
             return " ".join(match[1].split())
@@ -192,7 +192,9 @@ def _torch_load(data: bytes | bytearray, name: str, file: str) -> Any:
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as error:
         # weights_only=True refuses any global outside torch's allow-list *before* calling it.
-        raise UnsafeCheckpoint(name, file, f"refused by torch's weights_only loader: {_why(error)}") from error
+        raise UnsafeCheckpoint(
+            name, file, f"refused by torch's weights_only loader: {_why(error)}"
+        ) from error
     except Exception as error:
         raise CorruptCheckpoint(name, file, f"cannot decode with torch.load: {error}") from error
 

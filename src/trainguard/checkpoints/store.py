@@ -182,7 +182,11 @@ class CheckpointStore:
         return self.registry.checkpoint(self.run, validate_name(name, "checkpoint"))
 
     def _directory(self, record: CheckpointRecord) -> Path:
-        directory = quarantine_root(self.root) / record.name if record.state == "quarantined" else self.root / record.name
+        directory = (
+            quarantine_root(self.root) / record.name
+            if record.state == "quarantined"
+            else self.root / record.name
+        )
         if not directory.exists():
             # Decided but not yet in place (a crash between commit and rename, or an interrupted
             # quarantine/release): readers finish it rather than report a missing checkpoint.

@@ -1,0 +1,132 @@
+"""Crash consistency: SIGKILL a checkpoint writer at random moments and check the store after every kill.
+
+After each kill: every committed checkpoint verifies and loads, the newest committed one is what
+``list()`` returns last, and it is at least as new as the last save the writer saw return.
+
+The test suite runs 200+ kills through ``run_campaign``; for a longer run:
+
+    .venv/bin/python stress/crash_consistency.py --kills 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainguard import CheckpointStore
+
+SERVER = Path(__file__).resolve().parent.parent / "tests" / "helpers" / "crash_server.py"
+
+
+@dataclass
+class CampaignResult:
+    kills: int = 0
+    checkpoints_verified: int = 0
+    newest_episode: int = 0
+    recovered_staging: int = 0
+    rolled_forward: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+def _check(root: Path, run: str, report: Path, result: CampaignResult) -> None:
+    lines = report.read_text().splitlines() if report.exists() else []
+    acknowledged = int(lines[-1].split()[0]) if lines else 0
+    with CheckpointStore(root, run=run) as store:  # opening runs recovery
+        result.recovered_staging += len(store.recovery.removed_staging)
+        result.rolled_forward += len(store.recovery.rolled_forward)
+        committed = store.list()
+        for record in committed:
+            report_ = store.verify(record.name)
+            if not report_.ok:
+                result.failures.append(f"kill {result.kills}: {record.name}: {report_.problems}")
+                continue
+            loaded = store.load(record.name)
+            if int(loaded.state["w"][0]) != record.episode:
+                result.failures.append(f"kill {result.kills}: {record.name} holds the wrong data")
+            result.checkpoints_verified += 1
+        newest = committed[-1].episode if committed else 0
+        if newest < acknowledged:
+            result.failures.append(
+                f"kill {result.kills}: newest committed {newest} < acknowledged {acknowledged}"
+            )
+        if os.listdir(root / ".staging"):
+            result.failures.append(
+                f"kill {result.kills}: staging left after recovery: {os.listdir(root / '.staging')}"
+            )
+        result.newest_episode = newest
+
+
+def run_campaign(directory: Path, kills: int, *, seed: int = 0, max_delay: float = 0.08) -> CampaignResult:
+    """Fork a writer, SIGKILL it after a random delay, check the store; ``kills`` times."""
+    rng = random.Random(seed)
+    root, report, run = directory / "store", directory / "report.txt", "crash"
+    result = CampaignResult()
+    server = subprocess.Popen(
+        [sys.executable, str(SERVER), str(root), run, str(report)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdin is not None and server.stdout is not None
+    writer_pid = 0
+    try:
+        for kill in range(kills):
+            server.stdin.write(f"go {seed * 100_000 + kill}\n")
+            server.stdin.flush()
+            writer_pid = int(server.stdout.readline().split()[1])
+            # The random moment is the experiment: it lands in start-up, staging, fsync, commit, rename
+            # or retention.
+            time.sleep(rng.uniform(0.0, max_delay))
+            os.kill(writer_pid, signal.SIGKILL)
+            server.stdin.write(f"reap {writer_pid}\n")
+            server.stdin.flush()
+            server.stdout.readline()
+            writer_pid = 0
+            result.kills += 1
+            _check(root, run, report, result)
+    finally:
+        if writer_pid:
+            os.kill(writer_pid, signal.SIGKILL)
+        server.stdin.close()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--kills", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument(
+        "--max-delay", type=float, default=0.08, help="seconds; kills land uniformly before it"
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="trainguard-crash-") as tmp:
+        started = time.monotonic()
+        result = run_campaign(Path(tmp), args.kills, seed=args.seed, max_delay=args.max_delay)
+        elapsed = time.monotonic() - started
+    print(
+        f"seed {args.seed}: {result.kills} kills in {elapsed:.0f}s, {result.checkpoints_verified} checkpoint "
+        f"verifications, newest episode {result.newest_episode}, {result.recovered_staging} staging dirs "
+        f"removed, {result.rolled_forward} rolled forward, {len(result.failures)} failures"
+    )
+    for failure in result.failures[:20]:
+        print("FAIL", failure)
+    return 1 if result.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Fork server for the crash-consistency campaign.
+
+Imports once, then on each "go SEED" line forks a writer that saves checkpoints in a loop until it is
+SIGKILLed by the test; "reap PID" waits for it. Forking keeps a kill cycle at a few milliseconds instead of
+a fresh interpreter's import time, so the suite can afford hundreds of kills. The registry is opened in the
+child, after the fork: no database connection ever crosses it.
+
+argv: store root, run, report file. The writer appends "episode name" to the report file after each save
+returns: the newest line is a commit the writer was told about, which must survive any kill.
+"""
+
+import os
+import random
+import sys
+
+import numpy as np
+
+from trainguard import CheckpointStore, retention
+
+
+def writer(root: str, run: str, report: str, seed: int) -> None:
+    rng = random.Random(seed)
+    with CheckpointStore(root, run=run, retention_policy=retention.keep_last(3)) as store:
+        lease = store.registry.acquire(
+            run, ttl=30
+        )  # the previous writer's process is dead: no takeover needed
+        latest = store.latest()
+        episode = latest.episode + 1 if latest else 1
+        fd = os.open(report, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        while True:
+            size = rng.choice((256, 4096, 65536, 262144))
+            state = {"w": np.full(size, episode, dtype=np.float32), "meta": {"episode": episode}}
+            record = store.save(state, episode=episode, lease=lease, metrics={"size": size})
+            os.write(fd, f"{record.episode} {record.name}\n".encode())
+            episode += 1
+
+
+def main() -> None:
+    root, run, report = sys.argv[1:4]
+    for line in sys.stdin:
+        command, _, argument = line.strip().partition(" ")
+        if command == "go":
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    writer(root, run, report, int(argument))
+                finally:
+                    os._exit(1)
+            print(f"started {pid}", flush=True)
+        elif command == "reap":
+            _, status = os.waitpid(int(argument), 0)
+            print(f"reaped {status}", flush=True)
+        elif command == "quit":
+            return
+
+
+if __name__ == "__main__":
+    main()
