@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from trainguard.checkpoints._hashing import hash_file, read_and_hash
 from trainguard.checkpoints.codecs import read_state
 from trainguard.checkpoints.manifest import MANIFEST_FILE, Manifest
@@ -91,7 +93,7 @@ def verify_dir(name: str, directory: Path, manifest_hash: str) -> VerifyReport:
 def load_dir(name: str, directory: Path, manifest_hash: str) -> tuple[Any, Manifest]:
     """Read every file once, hashing as it is read; decode only when every hash matched."""
     manifest = _manifest(name, directory, manifest_hash)
-    contents: dict[str, bytearray] = {}
+    contents: dict[str, np.ndarray] = {}
     for record in manifest.files:
         path = directory / record.path
         try:

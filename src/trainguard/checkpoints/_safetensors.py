@@ -164,7 +164,7 @@ def read_header(path: Any) -> tuple[dict[str, dict[str, Any]], dict[str, str], i
         return parse_header(head, os.fstat(handle.fileno()).st_size)
 
 
-def decode(data: bytearray, frameworks: dict[str, str]) -> dict[str, Any]:
+def decode(data: Any, frameworks: dict[str, str]) -> dict[str, Any]:
     """Arrays/tensors built on ``data`` itself (no copy). ``frameworks`` maps key -> numpy|torch."""
     header, _, start = parse_header(data)
     result: dict[str, Any] = {}

@@ -13,9 +13,13 @@ import json
 import os
 import pickle
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
+
+import numpy as np
+from numpy.typing import NDArray
 
 from trainguard.checkpoints import _safetensors as st
 from trainguard.checkpoints._durable import StepFailed, write_file
@@ -24,6 +28,9 @@ from trainguard.checkpoints._tree import flatten, tensor_keys, unflatten
 from trainguard.errors import CorruptCheckpoint, UnsafeCheckpoint
 
 FORMATS = ("safetensors", "torch")
+
+# What decoding accepts: verified file contents (numpy buffers from the reader, or bytes).
+Buffer = bytes | bytearray | memoryview | NDArray[Any]
 TENSORS_FILE = "tensors.safetensors"
 TREE_FILE = "tree.json"
 TORCH_FILE = "state.pt"
@@ -157,12 +164,12 @@ def validate_staged(directory: Path, files: list[FileRecord]) -> None:
             _torch_load(path.read_bytes(), directory.name, record.path)
 
 
-def read_state(name: str, files: dict[str, bytearray]) -> Any:
+def read_state(name: str, files: Mapping[str, Buffer]) -> Any:
     """Decode verified file contents (``files`` maps manifest path -> bytes whose hash already matched)."""
     if TORCH_FILE in files:
         return _torch_load(files[TORCH_FILE], name, TORCH_FILE)
     try:
-        tree = json.loads(files[TREE_FILE])
+        tree = json.loads(bytes(files[TREE_FILE]))
         tensors = st.decode(files[TENSORS_FILE], tree["frameworks"]) if TENSORS_FILE in files else {}
         return unflatten(tree["skeleton"], tensors)
     except KeyError as error:
@@ -185,11 +192,12 @@ def _why(error: BaseException) -> str:
     return type(error).__name__
 
 
-def _torch_load(data: bytes | bytearray, name: str, file: str) -> Any:
+def _torch_load(data: Buffer, name: str, file: str) -> Any:
     import torch
 
     try:
-        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        raw = data.data if isinstance(data, np.ndarray) else data
+        return torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as error:
         # weights_only=True refuses any global outside torch's allow-list *before* calling it.
         raise UnsafeCheckpoint(
