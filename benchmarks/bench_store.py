@@ -9,6 +9,7 @@ Both sides run in the same process, on the same data, on the same filesystem, in
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import statistics
@@ -82,15 +83,11 @@ def main() -> None:
         store.prune(policy=tg.retention.keep_last(0))  # each round writes into an empty store
         save_torch.append(timed(torch_save))
         name = f"ep{episode}"
-        save_ours.append(
-            timed(
-                lambda name=name, episode=episode: store.save(state, episode=episode, lease=lease, name=name)
-            )
-        )
+        save_ours.append(timed(functools.partial(store.save, state, episode=episode, lease=lease, name=name)))
         drop_caches(args.cold)
         load_torch.append(timed(lambda: torch.load(baseline, weights_only=True)))
         drop_caches(args.cold)
-        load_ours.append(timed(lambda name=name: store.load(name)))
+        load_ours.append(timed(functools.partial(store.load, name)))
         print(
             f"round {episode}: save {save_ours[-1]:.3f}s vs {save_torch[-1]:.3f}s, "
             f"load {load_ours[-1]:.3f}s vs {load_torch[-1]:.3f}s",
@@ -105,9 +102,8 @@ def main() -> None:
         )
 
     cache = "cold page cache before each load" if args.cold else "warm page cache"
-    print(
-        f"\n{size / (1 << 30):.2f} GiB fp32, {len(state)} tensors, median of {args.rounds} interleaved rounds, {cache}\n"
-    )
+    rounds = f"median of {args.rounds} interleaved rounds"
+    print(f"\n{size / (1 << 30):.2f} GiB fp32, {len(state)} tensors, {rounds}, {cache}\n")
     print("| operation | trainguard (median) | baseline (median) | ratio of medians | ratio of best |")
     print("|---|---|---|---|---|")
     print(row("save: store.save vs torch.save + fsync", save_ours, save_torch))
