@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import random
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +66,27 @@ def _check(root: Path, run: str, report: Path, result: CampaignResult) -> None:
         result.newest_episode = newest
 
 
+class _Lines:
+    """The server's output lines, read on a thread so waiting for one can have a deadline."""
+
+    def __init__(self, server: subprocess.Popen[str]) -> None:
+        self.queue: queue.Queue[str] = queue.Queue()
+        assert server.stdout is not None
+        stream = server.stdout
+        threading.Thread(target=lambda: [self.queue.put(line) for line in stream], daemon=True).start()
+
+    def wait_for(self, prefix: str, timeout: float = 30.0) -> str:
+        """The next line starting with ``prefix``; other lines (from earlier writers) are skipped."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"no {prefix!r} from the crash server within {timeout}s") from None
+            if line.startswith(prefix):
+                return line
+
+
 def run_campaign(directory: Path, kills: int, *, seed: int = 0, max_delay: float = 0.08) -> CampaignResult:
     """Fork a writer, SIGKILL it after a random delay, check the store; ``kills`` times."""
     rng = random.Random(seed)
@@ -75,20 +98,27 @@ def run_campaign(directory: Path, kills: int, *, seed: int = 0, max_delay: float
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert server.stdin is not None and server.stdout is not None
+    assert server.stdin is not None
+    lines = _Lines(server)
     writer_pid = 0
     try:
+        lines.wait_for("warm", timeout=120)
         for kill in range(kills):
             server.stdin.write(f"go {seed * 100_000 + kill}\n")
             server.stdin.flush()
-            writer_pid = int(server.stdout.readline().split()[1])
-            # The random moment is the experiment: it lands in start-up, staging, fsync, commit, rename
-            # or retention.
-            time.sleep(rng.uniform(0.0, max_delay))
+            writer_pid = int(lines.wait_for("started").split()[1])
+            # The random moment is the experiment. One kill in five lands in start-up (opening the store,
+            # recovery, acquiring the lease); the rest once the writer is saving, anywhere in staging,
+            # fsync, commit, rename or retention.
+            if rng.random() < 0.2:
+                time.sleep(rng.uniform(0.0, 0.02))
+            else:
+                lines.wait_for(f"ready {writer_pid}")
+                time.sleep(rng.uniform(0.0, max_delay))
             os.kill(writer_pid, signal.SIGKILL)
             server.stdin.write(f"reap {writer_pid}\n")
             server.stdin.flush()
-            server.stdout.readline()
+            lines.wait_for("reaped")
             writer_pid = 0
             result.kills += 1
             _check(root, run, report, result)
