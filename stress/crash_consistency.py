@@ -73,7 +73,12 @@ class _Lines:
         self.queue: queue.Queue[str] = queue.Queue()
         assert server.stdout is not None
         stream = server.stdout
-        threading.Thread(target=lambda: [self.queue.put(line) for line in stream], daemon=True).start()
+
+        def pump() -> None:
+            for line in stream:
+                self.queue.put(line)
+
+        threading.Thread(target=pump, daemon=True).start()
 
     def wait_for(self, prefix: str, timeout: float = 30.0) -> str:
         """The next line starting with ``prefix``; other lines (from earlier writers) are skipped."""
