@@ -9,8 +9,9 @@ tests.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from trainguard.checkpoints._hashing import format_digest, new_hasher
@@ -28,10 +29,28 @@ class StepFailed(Exception):
         super().__init__(f"{step} {self.path}: {cause}")
 
 
-def _write_all(fd: int, view: memoryview) -> None:
+def write_all(fd: int, view: memoryview) -> None:
+    """``os.write`` until every byte is written (a write may be partial)."""
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+@contextmanager
+def new_durable_file(path: Path, *, step: str = "write") -> Iterator[int]:
+    """Create ``path`` (it must not exist) and yield its descriptor; fsync it when the block succeeds."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as error:
+        raise StepFailed(step, path, error) from error
+    try:
+        yield fd
+        try:
+            os.fsync(fd)
+        except OSError as error:
+            raise StepFailed("fsync", path, error) from error
+    finally:
+        os.close(fd)
 
 
 # A chunk is a byte view plus a tag that ``inspect`` receives with it (e.g. the dtype of a tensor's bytes).
@@ -57,10 +76,6 @@ def write_file(
     Hashing (and ``inspect``, e.g. a finite-values check) runs on a helper thread one chunk behind the
     writer, so a large state costs about as much as writing it.
     """
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except OSError as error:
-        raise StepFailed(step, path, error) from error
     hasher = new_hasher()
     size = 0
 
@@ -69,26 +84,19 @@ def write_file(
         if inspect is not None:
             inspect(piece, tag)
 
-    try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainguard-hash") as pool:
-            pending: Future[None] | None = None
-            try:
-                for piece, tag in _slices(chunks):
-                    if pending is not None:
-                        pending.result()
-                    pending = pool.submit(consume, piece, tag)
-                    _write_all(fd, piece)
-                    size += len(piece)
+    with new_durable_file(path, step=step) as fd, ThreadPoolExecutor(1, "trainguard-hash") as pool:
+        pending: Future[None] | None = None
+        try:
+            for piece, tag in _slices(chunks):
                 if pending is not None:
                     pending.result()
-            except OSError as error:
-                raise StepFailed(step, path, error) from error
-        try:
-            os.fsync(fd)
+                pending = pool.submit(consume, piece, tag)
+                write_all(fd, piece)
+                size += len(piece)
+            if pending is not None:
+                pending.result()
         except OSError as error:
-            raise StepFailed("fsync", path, error) from error
-    finally:
-        os.close(fd)
+            raise StepFailed(step, path, error) from error
     return size, format_digest(hasher)
 
 
@@ -139,6 +147,8 @@ __all__ = [
     "fsync_dir",
     "make_dir",
     "move_dir",
+    "new_durable_file",
+    "write_all",
     "write_file",
     "write_small_file",
 ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
 import re
 from collections.abc import Mapping
@@ -22,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from trainguard.checkpoints import _safetensors as st
-from trainguard.checkpoints._durable import StepFailed, write_file
+from trainguard.checkpoints._durable import StepFailed, new_durable_file, write_all, write_file
 from trainguard.checkpoints._hashing import format_digest, new_hasher
 from trainguard.checkpoints._tree import flatten, tensor_keys, unflatten
 from trainguard.errors import CorruptCheckpoint, UnsafeCheckpoint
@@ -105,9 +104,7 @@ class _HashingFile(io.RawIOBase):
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
         self.hasher.update(view)
-        remaining = view
-        while remaining:
-            remaining = remaining[os.write(self.fd, remaining) :]
+        write_all(self.fd, view)
         self.size += len(view)
         return len(view)
 
@@ -115,24 +112,12 @@ class _HashingFile(io.RawIOBase):
 def _write_torch(state: object, path: Path) -> FileRecord:
     import torch
 
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except OSError as error:
-        raise StepFailed("write", path, error) from error
-    try:
+    with new_durable_file(path) as fd:
         sink = _HashingFile(fd)
         try:
             torch.save(state, cast("IO[bytes]", sink))
-        except OSError as error:
+        except (OSError, RuntimeError) as error:  # torch wraps the file's OSError in a RuntimeError
             raise StepFailed("write", path, error) from error
-        except RuntimeError as error:  # torch wraps the file's OSError in its own error
-            raise StepFailed("write", path, error) from error
-        try:
-            os.fsync(fd)
-        except OSError as error:
-            raise StepFailed("fsync", path, error) from error
-    finally:
-        os.close(fd)
     return FileRecord(TORCH_FILE, sink.size, format_digest(sink.hasher), "torch")
 
 
