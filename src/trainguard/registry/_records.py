@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 from sqlalchemy import Row
+
+R = TypeVar("R")
 
 
 def _json(text: str | None) -> dict[str, Any]:
     return dict(json.loads(text)) if text else {}
+
+
+def _from_row(cls: type[R], row: Row[Any], **computed: Any) -> R:
+    """Build a record from the row's same-named columns; ``computed`` supplies the rest (JSON, flags)."""
+    mapping = row._mapping
+    values = {f.name: mapping[f.name] for f in fields(cls) if f.name not in computed}  # type: ignore[arg-type]
+    return cls(**values, **computed)
 
 
 @dataclass(frozen=True)
@@ -27,18 +36,7 @@ class RunRecord:
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> RunRecord:
-        m = row._mapping
-        return cls(
-            name=m["name"],
-            store=m["store"],
-            created_at=m["created_at"],
-            last_token=m["last_token"],
-            limits=_json(m["limits_json"]),
-            resumed_from=m["resumed_from"],
-            episodes_spent=m["episodes_spent"],
-            steps_spent=m["steps_spent"],
-            runtime_spent=m["runtime_spent"],
-        )
+        return _from_row(cls, row, limits=_json(row._mapping["limits_json"]))
 
 
 @dataclass(frozen=True)
@@ -61,24 +59,7 @@ class LeaseInfo:
 
     @classmethod
     def from_row(cls, row: Row[Any], live: bool) -> LeaseInfo:
-        m = row._mapping
-        return cls(
-            run=m["run"],
-            token=m["token"],
-            state=m["state"],
-            holder_host=m["holder_host"],
-            holder_host_key=m["holder_host_key"],
-            holder_pid=m["holder_pid"],
-            holder_start_time=m["holder_start_time"],
-            ttl=m["ttl"],
-            acquired_at=m["acquired_at"],
-            renewed_at=m["renewed_at"],
-            renewals=m["renewals"],
-            expires_wall=m["expires_wall"],
-            ended_at=m["ended_at"],
-            end_reason=m["end_reason"],
-            live=live,
-        )
+        return _from_row(cls, row, live=live)
 
 
 @dataclass(frozen=True)
@@ -100,23 +81,8 @@ class CheckpointRecord:
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> CheckpointRecord:
-        m = row._mapping
-        return cls(
-            id=m["id"],
-            run=m["run"],
-            name=m["name"],
-            episode=m["episode"],
-            token=m["token"],
-            parent=m["parent"],
-            fingerprint=m["fingerprint"],
-            manifest_hash=m["manifest_hash"],
-            state=m["state"],
-            pinned=bool(m["pinned"]),
-            metrics=_json(m["metrics_json"]),
-            bytes=m["bytes"],
-            created_at=m["created_at"],
-            state_reason=m["state_reason"],
-        )
+        mapping = row._mapping
+        return _from_row(cls, row, pinned=bool(mapping["pinned"]), metrics=_json(mapping["metrics_json"]))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -151,19 +117,7 @@ class EventRecord:
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> EventRecord:
-        m = row._mapping
-        return cls(
-            id=m["id"],
-            run=m["run"],
-            at=m["at"],
-            kind=m["kind"],
-            token=m["token"],
-            checkpoint=m["checkpoint"],
-            actor_host=m["actor_host"],
-            actor_pid=m["actor_pid"],
-            reason=m["reason"],
-            detail=_json(m["detail_json"]),
-        )
+        return _from_row(cls, row, detail=_json(row._mapping["detail_json"]))
 
 
 @dataclass(frozen=True)
