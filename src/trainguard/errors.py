@@ -210,6 +210,27 @@ class CheckpointRejected(TrainguardError, ValueError):
         return f"checkpoint {self.name!r} rejected at step 'validate': {self.reason} [nothing committed]"
 
 
+class FingerprintMismatch(TrainguardError, ValueError):
+    """Resuming (or promoting, or serving) a checkpoint made with other input features."""
+
+    exit_code = 2
+
+    def __init__(self, name: str, differences: list[str], what: str = "resume") -> None:
+        self.name = name
+        self.differences = differences
+        self.what = what
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        shown = "; ".join(self.differences[:5]) + (
+            f"; and {len(self.differences) - 5} more" if len(self.differences) > 5 else ""
+        )
+        return (
+            f"refusing to {self.what} from checkpoint {self.name!r}: it was made with different features "
+            f"({shown}); fix the feature files, or start a new run"
+        )
+
+
 class RegistryError(TrainguardError, ConnectionError):
     """The registry database could not be opened or used."""
 
@@ -233,6 +254,7 @@ __all__ = [
     "CommitRefused",
     "ConfigError",
     "CorruptCheckpoint",
+    "FingerprintMismatch",
     "InvalidName",
     "LeaseHeld",
     "LeaseLost",

@@ -47,6 +47,7 @@ class SaveRequest:
     fingerprint: str | None
     code_hash: str | None = None
     config_hash: str | None = None
+    features: dict[str, Any] | None = None
 
 
 def commit(store: CheckpointStore, request: SaveRequest) -> CheckpointRecord:
@@ -137,6 +138,7 @@ def _write_staged(
             writer=writer,
             code_hash=request.code_hash,
             config_hash=request.config_hash,
+            features=request.features,
         )
         # 4. validators: an independent decoder reads what was written, then the user's hooks
         if store.validate:

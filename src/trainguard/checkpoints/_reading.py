@@ -38,7 +38,8 @@ class VerifyReport:
         }
 
 
-def _manifest(name: str, directory: Path, manifest_hash: str) -> Manifest:
+def read_manifest(name: str, directory: Path, manifest_hash: str) -> Manifest:
+    """The manifest, after checking its hash against the registry's."""
     path = directory / MANIFEST_FILE
     try:
         data, digest = read_and_hash(path)
@@ -64,7 +65,7 @@ def verify_dir(name: str, directory: Path, manifest_hash: str) -> VerifyReport:
     """Every file's size and hash against the manifest, the manifest's hash against the registry, and no
     file that the manifest does not list."""
     try:
-        manifest = _manifest(name, directory, manifest_hash)
+        manifest = read_manifest(name, directory, manifest_hash)
     except CorruptCheckpoint as error:
         return VerifyReport(name, (Problem(error.file, error.reason),))
     problems = []
@@ -92,7 +93,7 @@ def verify_dir(name: str, directory: Path, manifest_hash: str) -> VerifyReport:
 
 def load_dir(name: str, directory: Path, manifest_hash: str) -> tuple[Any, Manifest]:
     """Read every file once, hashing as it is read; decode only when every hash matched."""
-    manifest = _manifest(name, directory, manifest_hash)
+    manifest = read_manifest(name, directory, manifest_hash)
     contents: dict[str, np.ndarray] = {}
     for record in manifest.files:
         path = directory / record.path
@@ -108,4 +109,4 @@ def load_dir(name: str, directory: Path, manifest_hash: str) -> tuple[Any, Manif
     return read_state(name, contents), manifest
 
 
-__all__ = ["Problem", "VerifyReport", "load_dir", "verify_dir"]
+__all__ = ["Problem", "VerifyReport", "load_dir", "read_manifest", "verify_dir"]

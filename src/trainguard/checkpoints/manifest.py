@@ -34,6 +34,7 @@ class Manifest:
     writer: dict[str, Any] = field(default_factory=dict)
     code_hash: str | None = None
     config_hash: str | None = None
+    features: dict[str, Any] | None = None  # canonical feature content behind ``fingerprint``
 
     @property
     def total_bytes(self) -> int:
@@ -59,6 +60,7 @@ class Manifest:
             "writer": self.writer,
             "code_hash": self.code_hash,
             "config_hash": self.config_hash,
+            "features": self.features,
         }
         return json.dumps(body, indent=2, sort_keys=True, default=_jsonable).encode() + b"\n"
 
@@ -97,6 +99,7 @@ class Manifest:
                 writer=dict(body.get("writer") or {}),
                 code_hash=body.get("code_hash"),
                 config_hash=body.get("config_hash"),
+                features=body.get("features"),
             )
         except (KeyError, TypeError) as error:
             raise ValueError(f"missing or malformed field: {error}") from error

@@ -13,7 +13,7 @@ from trainguard.checkpoints import retention
 from trainguard.checkpoints._commit import SaveRequest, Validator, commit
 from trainguard.checkpoints._layout import quarantine_root, staging_root
 from trainguard.checkpoints._quarantine import discard, quarantine_path, release_path
-from trainguard.checkpoints._reading import VerifyReport, load_dir, verify_dir
+from trainguard.checkpoints._reading import VerifyReport, load_dir, read_manifest, verify_dir
 from trainguard.checkpoints._recovery import RecoveryReport, recover
 from trainguard.checkpoints.codecs import FORMATS
 from trainguard.checkpoints.manifest import Manifest
@@ -127,6 +127,7 @@ class CheckpointStore:
         fingerprint: str | None = None,
         code_hash: str | None = None,
         config_hash: str | None = None,
+        features: dict[str, Any] | None = None,
     ) -> CheckpointRecord:
         """Commit ``state`` as a checkpoint of ``episode`` under ``lease`` (design section 4).
 
@@ -153,6 +154,7 @@ class CheckpointStore:
             fingerprint=fingerprint,
             code_hash=code_hash,
             config_hash=config_hash,
+            features=features,
         )
         record = commit(self, request)
         self._last_saved = record.name
@@ -204,6 +206,11 @@ class CheckpointStore:
             )
         state, manifest = load_dir(record.name, self._directory(record), record.manifest_hash)
         return LoadedCheckpoint(state, record, manifest)
+
+    def manifest(self, name: str = LATEST) -> Manifest:
+        """A checkpoint's manifest (its hash checked against the registry), without reading its data."""
+        record = self.record(name)
+        return read_manifest(record.name, self._directory(record), record.manifest_hash)
 
     def verify(self, name: str = LATEST) -> VerifyReport:
         """Check hashes of a committed or quarantined checkpoint; a report (value), not an exception."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from trainguard.registry._budget import EXTENDABLE, LIMIT_KEYS, BudgetOps
 from trainguard.registry._checkpoints import CheckpointOps
 from trainguard.registry._clock import RegistryClock
 from trainguard.registry._engine import default_registry_url
@@ -9,12 +10,14 @@ from trainguard.registry._leases import DEFAULT_LEASE_TTL, Lease
 from trainguard.registry._records import CheckpointRecord, CommitVerdict, EventRecord, LeaseInfo, RunRecord
 
 
-class Registry(CheckpointOps):
+class Registry(CheckpointOps, BudgetOps):
     """One registry for SQLite and PostgreSQL: ``Registry.open("sqlite:///...")`` or ``"postgresql://..."``."""
 
 
 __all__ = [
     "DEFAULT_LEASE_TTL",
+    "EXTENDABLE",
+    "LIMIT_KEYS",
     "CheckpointRecord",
     "CommitVerdict",
     "EventRecord",

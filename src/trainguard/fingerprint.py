@@ -1,0 +1,104 @@
+"""Feature-schema fingerprints (failure F5: wrong input features go unnoticed).
+
+The canonical content of the feature files (parsed, so key order, whitespace, comments and ``0.10`` vs
+``0.1`` do not matter - values do) and of inline values is hashed; the digest goes into every manifest,
+the canonical content too, so a refusal can say *which* keys differ.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainguard.checkpoints._hashing import hash_bytes
+from trainguard.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    digest: str
+    content: dict[str, Any]  # canonical: what was hashed
+
+
+def _canonical(value: Any, where: str) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return repr(value)
+        return int(value) if value.is_integer() else value  # 1.0 and 1 are the same constant
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return str(value)  # dates and other YAML scalars: by their text
+
+
+def _load_file(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError("features", str(path), f"cannot be read: {error.strerror or error}") from None
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError("features", str(path), f"malformed YAML/JSON: {error}") from None
+    return {"sha": hash_bytes(text.encode())}  # an opaque file: only its exact bytes can be compared
+
+
+def compute(sources: Iterable[str | Mapping[str, Any]], *, base: Path | None = None) -> Fingerprint | None:
+    """Fingerprint the feature ``sources`` (file paths, relative to ``base``, and inline mappings);
+    None when there are none."""
+    content: dict[str, Any] = {}
+    for source in sources:
+        if isinstance(source, Mapping):
+            for key, value in source.items():
+                content[str(key)] = _canonical(value, str(key))
+            continue
+        path = Path(source)
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        content[path.name] = _canonical(_load_file(path), path.name)
+    if not content:
+        return None
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return Fingerprint(hash_bytes(text.encode()), content)
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(value, dict) and value:
+        for key, child in value.items():
+            _flatten(child, f"{prefix}.{key}" if prefix else str(key), out)
+    elif isinstance(value, list) and value:
+        for index, child in enumerate(value):
+            _flatten(child, f"{prefix}[{index}]", out)
+    else:
+        out[prefix] = value
+
+
+def differences(expected: Mapping[str, Any] | None, actual: Mapping[str, Any] | None) -> list[str]:
+    """Dotted keys whose values differ, with both values, e.g.
+    ``features.yaml.normalisation.price_std: 0.012 -> 0.015``."""
+    left: dict[str, Any] = {}
+    right: dict[str, Any] = {}
+    _flatten(dict(expected or {}), "", left)
+    _flatten(dict(actual or {}), "", right)
+    changes = []
+    for key in sorted(set(left) | set(right)):
+        if key not in right:
+            changes.append(f"{key}: {left[key]!r} -> (missing)")
+        elif key not in left:
+            changes.append(f"{key}: (missing) -> {right[key]!r}")
+        elif left[key] != right[key]:
+            changes.append(f"{key}: {left[key]!r} -> {right[key]!r}")
+    return changes
+
+
+__all__ = ["Fingerprint", "compute", "differences"]
