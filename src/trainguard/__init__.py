@@ -6,6 +6,7 @@ cannot commit, and a live pointer that only moves through gates.
 
 from __future__ import annotations
 
+from trainguard._stop import Stop, StopReason
 from trainguard.checkpoints import CheckpointStore, LoadedCheckpoint, VerifyReport, retention
 from trainguard.errors import (
     CheckpointNotFound,
@@ -15,6 +16,7 @@ from trainguard.errors import (
     CommitRefused,
     ConfigError,
     CorruptCheckpoint,
+    FingerprintMismatch,
     InvalidName,
     LeaseHeld,
     LeaseLost,
@@ -22,6 +24,7 @@ from trainguard.errors import (
     TrainguardError,
     UnsafeCheckpoint,
 )
+from trainguard.guard import Guard
 from trainguard.registry import CheckpointRecord, Lease, Registry
 
 __version__ = "0.1.0"
@@ -36,6 +39,8 @@ __all__ = [
     "CommitRefused",
     "ConfigError",
     "CorruptCheckpoint",
+    "FingerprintMismatch",
+    "Guard",
     "InvalidName",
     "Lease",
     "LeaseHeld",
@@ -43,6 +48,8 @@ __all__ = [
     "LoadedCheckpoint",
     "Registry",
     "RegistryError",
+    "Stop",
+    "StopReason",
     "TrainguardError",
     "UnsafeCheckpoint",
     "VerifyReport",

@@ -1,0 +1,132 @@
+"""Cumulative budgets that a restart cannot reset.
+
+Spend lives in the registry, and it is charged *ahead*: before the loop may run episode ``n`` the registry
+already counts it (episodes and steps are reserved in blocks that grow while the loop is fast, runtime is
+prepaid by one heartbeat). A clean exit refunds what was reserved but not used; a crash keeps it charged.
+So a killed process can only ever cost budget, never hand budget back - the failure this project exists
+for. Between reservations the hot path only compares integers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+log = logging.getLogger("trainguard")
+
+
+@dataclass
+class Counter:
+    """One cumulative counter (episodes or steps) with its registry reservation.
+
+    The reservation block adapts so the registry is charged about once per ``target_interval``: a fast
+    loop would otherwise write to the registry thousands of times a second and starve the heartbeat's
+    lease renewal of the database lock (seen: a lease expiring under a tight episode loop), while a slow
+    loop keeps small blocks, so a crash forfeits at most about one interval's worth of budget.
+    """
+
+    name: str
+    limit: int | None
+    spent: int  # cumulative over every process of the run, this one included
+    reserve: Callable[[int], object]  # charges the registry; raises if it cannot
+    target_interval: float = 1.0
+    clock: Callable[[], float] = time.monotonic
+    reserved: int = field(init=False)
+    block: int = field(init=False, default=1)
+    _last: float | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.reserved = self.spent
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.limit is None else max(0, self.limit - self.spent)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.limit is not None and self.spent >= self.limit
+
+    def allows(self, amount: int = 1) -> bool:
+        return self.limit is None or self.spent + amount <= self.limit
+
+    def ensure_reserved(self, amount: int) -> int:
+        """Make sure the registry already counts ``amount`` more; returns the reserved ceiling."""
+        needed = self.spent + amount - self.reserved
+        if needed > 0:
+            grow = max(self.block, needed)
+            if self.limit is not None:
+                grow = min(grow, max(needed, self.limit - self.reserved))
+            self.reserve(grow)
+            self.reserved += grow
+            now = self.clock()
+            if self._last is not None and now - self._last < self.target_interval:
+                self.block *= 2
+            elif self._last is not None and now - self._last > 4 * self.target_interval:
+                self.block = max(1, self.block // 2)
+            self._last = now
+        return self.reserved
+
+    def unused(self) -> int:
+        return self.reserved - self.spent
+
+
+@dataclass
+class Runtime:
+    """Runtime spent by the run: the registry's total before this process plus a monotonic clock."""
+
+    limit: float | None
+    spent_before: float
+    clock: Callable[[], float] = time.monotonic
+    started: float = field(init=False)
+    charged: float = field(init=False, default=0.0)  # what this process has charged the registry so far
+
+    def __post_init__(self) -> None:
+        self.started = self.clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    @property
+    def spent(self) -> float:
+        return self.spent_before + self.elapsed()
+
+    def deadline(self) -> float | None:
+        """The monotonic time at which the limit is reached, or None without a limit."""
+        if self.limit is None:
+            return None
+        return self.started + (self.limit - self.spent_before)
+
+    def due_charge(self, prepay: float) -> float:
+        """How much to charge now so the registry is ``prepay`` seconds ahead of the time actually spent."""
+        target = self.elapsed() + prepay
+        if self.limit is not None:
+            target = min(target, max(self.limit - self.spent_before, self.elapsed()))
+        return target - self.charged
+
+    def final_charge(self) -> float:
+        """At a clean exit: the correction (usually negative - a refund of the prepaid time)."""
+        return self.elapsed() - self.charged
+
+
+@dataclass
+class Warnings:
+    """Each budget warns once per process when its spend crosses ``warn_at`` of its limit."""
+
+    warn_at: float
+    emit: Callable[[str, float, float], None]
+    warned: set[str] = field(default_factory=set)
+
+    def check(self, name: str, spent: float, limit: float | None) -> None:
+        if limit is None or name in self.warned or spent < self.warn_at * limit:
+            return
+        self.warned.add(name)
+        self.emit(name, spent, limit)
+
+
+def warn_log(name: str, spent: float, limit: float) -> None:
+    log.warning("trainguard: %s budget at %.0f%% (%g of %g)", name, 100 * spent / limit, spent, limit)
+
+
+__all__ = ["Counter", "Runtime", "Warnings", "warn_log"]
