@@ -20,20 +20,29 @@ def _registry(tmp_path: Path) -> Registry:
     return Registry.open(f"sqlite:///{tmp_path / 'store' / '.trainguard' / 'registry.db'}")
 
 
-def test_fifty_episodes_in_total_over_three_restarts(tmp_path: Path) -> None:
+def test_fifty_episodes_in_total_over_three_restarts(
+    tmp_path: Path, registry_url: str, run_name: str
+) -> None:
+    # On both registry backends: the guard's whole life (limits, reservations, refunds) goes through it.
     config = write_config(
-        tmp_path, "swt", limits={"max_episodes": 50}, checkpoints={"every_episodes": 5, "keep_last": 50}
+        tmp_path,
+        run_name,
+        registry=registry_url,
+        limits={"max_episodes": 50},
+        checkpoints={"every_episodes": 5, "keep_last": 50},
     )
     runs = [run_worker(config, "--resume", "--episodes-per-run", "20") for _ in range(4)]
     assert [len(r["episodes"]) for r in runs] == [20, 20, 10, 0]
     assert [r["stop_reason"] for r in runs] == [None, None, "episodes", "episodes"]
     assert runs[2]["episodes"][-1] == 50 and runs[1]["resumed"] == 20
-    with _registry(tmp_path) as registry:
-        info = registry.run_info("swt")
+    with Registry.open(registry_url) as registry:
+        info = registry.run_info(run_name)
         assert info is not None and info.episodes_spent == 50
+        warning = next(e for e in registry.events(run_name) if e.kind == "budget_warning")
+        assert warning.detail["spent"] == 45  # 90 % of 50, as an event (and a log line)
         # The store refuses episode 51 even from a caller that bypasses the Guard entirely.
-        lease = registry.acquire("swt", ttl=30)
-        with tg.CheckpointStore(tmp_path / "store", run="swt", registry=registry) as store:
+        lease = registry.acquire(run_name, ttl=30)
+        with tg.CheckpointStore(tmp_path / "store", run=run_name, registry=registry) as store:
             with pytest.raises(CommitRefused, match="episode 51 is beyond the run's budget of 50"):
                 store.save({"w": np.zeros(1)}, episode=51, lease=lease)
             assert max(r.episode for r in store.list()) == 50
