@@ -83,6 +83,7 @@ class GuardParts:
     signals: SignalRelay | None = None
     rss: int = 0
     disk: int = 0
+    process_id: int | None = None
     pending_events: collections.deque[tuple[str, dict[str, Any]]] = field(default_factory=collections.deque)
 
     # -- opening ----------------------------------------------------------------------------------
@@ -159,6 +160,10 @@ class GuardParts:
             guard.request_stop(StopReason.RUNTIME, f"runtime budget of {self.runtime.limit:g}s already spent")
         self.files.write_pid()
         self._write_heartbeat_file(guard)
+        # Registered with its start time, so the watchdog and `stop` can find (and verify) this process.
+        self.process_id = self.registry.register_process(
+            guard.run, self.lease.token, "guard", self.registry.identity
+        )
         self.registry.add_event(
             guard.run,
             "guard_started",
@@ -370,6 +375,7 @@ class GuardParts:
                 },
             ),
             lambda: None if (self.adopted or guard.fenced) else self.lease.release(),
+            lambda: self.registry.end_process(self.process_id) if self.process_id is not None else None,
             self.files.remove,
             self.store.close,
             self.registry.close,

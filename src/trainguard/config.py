@@ -188,10 +188,17 @@ class TrainguardConfig(_Section):
         return (base / "checkpoints" / self.require_run()).resolve()
 
     def effective_limits(self) -> dict[str, Any]:
-        """The limits recorded with the run, so every judge uses the numbers this run was given."""
+        """The limits (and the timings judged against them) recorded with the run, so the store, the
+        watchdog and ``status`` judge by the numbers this run was given."""
         limits = self.limits.model_dump(exclude_none=True)
-        limits.pop("warn_at", None)
-        limits["warn_at"] = self.limits.warn_at
+        monitoring, watchdog = self.monitoring, self.watchdog
+        limits.update(
+            heartbeat_interval=monitoring.heartbeat_interval,
+            lease_ttl=monitoring.lease_ttl,
+            stall_timeout=monitoring.stall_timeout,
+            grace=watchdog.grace,
+            rogue_action=watchdog.rogue_action,
+        )
         return limits
 
 

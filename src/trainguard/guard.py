@@ -21,6 +21,7 @@ from collections.abc import Callable, Generator, Mapping
 from types import TracebackType
 from typing import Any, Self
 
+from trainguard import environment
 from trainguard import fingerprint as fp
 from trainguard._guard_parts import GuardParts, settings_to_overrides
 from trainguard._stop import FINAL_CHECKPOINT, Stop, StopReason
@@ -31,10 +32,10 @@ from trainguard.registry import CheckpointRecord
 
 log = logging.getLogger("trainguard")
 
-ENV_RUN = "TRAINGUARD_RUN_ID"
-ENV_TOKEN = "TRAINGUARD_LEASE_TOKEN"  # noqa: S105 - a fencing token, not a secret
-ENV_REGISTRY = "TRAINGUARD_REGISTRY"
-ENV_CONFIG = "TRAINGUARD_CONFIG"
+ENV_RUN = environment.RUN_ID
+ENV_TOKEN = environment.LEASE_TOKEN
+ENV_REGISTRY = environment.REGISTRY
+ENV_CONFIG = environment.CONFIG
 EXIT_FENCED = 3
 _NEVER = -1  # step gate meaning "take the slow path on the next tick"
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from trainguard import __version__
-from trainguard.cli import budget, ckpt, config_cmd
+from trainguard.cli import budget, ckpt, config_cmd, run_cmd
 from trainguard.cli._common import ArgumentParser, err
 from trainguard.errors import TrainguardError
 
@@ -19,6 +19,7 @@ def build_parser() -> ArgumentParser:
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=ArgumentParser
     )
+    run_cmd.register(commands)
     budget.register(commands)
     ckpt.register(commands)
     config_cmd.register(commands)

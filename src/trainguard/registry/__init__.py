@@ -7,10 +7,19 @@ from trainguard.registry._checkpoints import CheckpointOps
 from trainguard.registry._clock import RegistryClock
 from trainguard.registry._engine import default_registry_url
 from trainguard.registry._leases import DEFAULT_LEASE_TTL, Lease
-from trainguard.registry._records import CheckpointRecord, CommitVerdict, EventRecord, LeaseInfo, RunRecord
+from trainguard.registry._processes import ProcessOps
+from trainguard.registry._records import (
+    CheckpointRecord,
+    CommitVerdict,
+    EventRecord,
+    LeaseInfo,
+    ProcessRecord,
+    RunRecord,
+    WatchdogRecord,
+)
 
 
-class Registry(CheckpointOps, BudgetOps):
+class Registry(CheckpointOps, BudgetOps, ProcessOps):
     """One registry for SQLite and PostgreSQL: ``Registry.open("sqlite:///...")`` or ``"postgresql://..."``."""
 
 
@@ -23,8 +32,10 @@ __all__ = [
     "EventRecord",
     "Lease",
     "LeaseInfo",
+    "ProcessRecord",
     "Registry",
     "RegistryClock",
     "RunRecord",
+    "WatchdogRecord",
     "default_registry_url",
 ]

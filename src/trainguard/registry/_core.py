@@ -79,6 +79,11 @@ class RegistryCore:
                         f"schema version {max(found)} is newer than this trainguard supports "
                         f"({t.SCHEMA_VERSION}); upgrade trainguard",
                     )
+                elif max(found) < t.SCHEMA_VERSION:
+                    # Every migration so far only adds tables, which create_all just did; record the step.
+                    conn.execute(
+                        insert(t.schema_version).values(version=t.SCHEMA_VERSION, installed_at=time.time())
+                    )
         except IntegrityError:
             # Two processes created the schema at once; the other one inserted the version row.
             pass

@@ -121,6 +121,42 @@ class EventRecord:
 
 
 @dataclass(frozen=True)
+class ProcessRecord:
+    """A process registered for a run: who holds (launcher), runs (child) or guards (guard) it."""
+
+    id: int
+    run: str
+    token: int
+    role: str
+    host: str
+    host_key: str
+    pid: int
+    start_time: float
+    pgid: int | None
+    registered_at: float
+    ended_at: float | None
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> ProcessRecord:
+        return _from_row(cls, row)
+
+
+@dataclass(frozen=True)
+class WatchdogRecord:
+    host_key: str
+    host: str
+    pid: int
+    start_time: float
+    interval: float
+    beat_at: float
+    detail: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> WatchdogRecord:
+        return _from_row(cls, row, detail=_json(row._mapping["detail_json"]))
+
+
+@dataclass(frozen=True)
 class CommitVerdict:
     """The registry's decision on a commit: an expected outcome, so a value with a reason."""
 
@@ -129,4 +165,12 @@ class CommitVerdict:
     fenced: bool = False  # refused because the token is not the current live lease
 
 
-__all__ = ["CheckpointRecord", "CommitVerdict", "EventRecord", "LeaseInfo", "RunRecord"]
+__all__ = [
+    "CheckpointRecord",
+    "CommitVerdict",
+    "EventRecord",
+    "LeaseInfo",
+    "ProcessRecord",
+    "RunRecord",
+    "WatchdogRecord",
+]

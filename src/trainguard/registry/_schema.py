@@ -21,7 +21,9 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 1
+# 1: runs, leases, checkpoints, events, live pointers, heartbeats
+# 2: processes (who runs a run: launcher, child, guard), watchdogs (their own heartbeats)
+SCHEMA_VERSION = 2
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT for an audit log that grows.
 _AutoId = BigInteger().with_variant(Integer(), "sqlite")
@@ -129,6 +131,35 @@ heartbeats = Table(
     Column("detail_json", Text, nullable=False, default="{}"),
 )
 
+processes = Table(
+    "tg_processes",
+    metadata,
+    Column("id", _AutoId, primary_key=True, autoincrement=True),
+    Column("run", String(128), ForeignKey("tg_runs.name"), nullable=False),
+    Column("token", BigInteger, nullable=False),
+    Column("role", String(16), nullable=False),  # launcher | child | guard
+    Column("host", Text, nullable=False),
+    Column("host_key", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("start_time", Float, nullable=False),  # with pid: the identity; a PID alone is never trusted
+    Column("pgid", Integer),
+    Column("registered_at", Float, nullable=False),
+    Column("ended_at", Float),
+    Index("ix_tg_processes_run_token", "run", "token"),
+)
+
+watchdogs = Table(
+    "tg_watchdogs",
+    metadata,
+    Column("host_key", Text, primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("start_time", Float, nullable=False),
+    Column("interval", Float, nullable=False),
+    Column("beat_at", Float, nullable=False),
+    Column("detail_json", Text, nullable=False, default="{}"),
+)
+
 __all__ = [
     "SCHEMA_VERSION",
     "checkpoints",
@@ -137,6 +168,8 @@ __all__ = [
     "leases",
     "live_pointers",
     "metadata",
+    "processes",
     "runs",
     "schema_version",
+    "watchdogs",
 ]

@@ -1,0 +1,87 @@
+"""Which processes belong to a run (so `stop` and the watchdog only ever signal those), and the watchdogs'
+own heartbeats (so `status` can say when nothing is watching)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from trainguard.identity import ProcessIdentity
+from trainguard.registry import _schema as t
+from trainguard.registry._core import RegistryCore
+from trainguard.registry._records import ProcessRecord, WatchdogRecord
+
+
+class ProcessOps(RegistryCore):
+    def register_process(
+        self, run: str, token: int, role: str, who: ProcessIdentity, *, pgid: int | None = None
+    ) -> int:
+        with self.transaction() as conn:
+            row_id = conn.execute(
+                insert(t.processes)
+                .values(
+                    run=run,
+                    token=token,
+                    role=role,
+                    host=who.host,
+                    host_key=who.host_key,
+                    pid=who.pid,
+                    start_time=who.start_time,
+                    pgid=pgid,
+                    registered_at=time.time(),
+                )
+                .returning(t.processes.c.id)
+            ).scalar_one()
+            self.record_event(
+                conn,
+                run,
+                "process_registered",
+                token=token,
+                detail={"role": role, "pid": who.pid, "start_time": who.start_time, "pgid": pgid},
+            )
+        return int(row_id)
+
+    def end_process(self, process_id: int) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                update(t.processes).where(t.processes.c.id == process_id).values(ended_at=time.time())
+            )
+
+    def processes(
+        self, run: str | None = None, *, token: int | None = None, include_ended: bool = False
+    ) -> list[ProcessRecord]:
+        query = select(t.processes).order_by(t.processes.c.id)
+        if run is not None:
+            query = query.where(t.processes.c.run == run)
+        if token is not None:
+            query = query.where(t.processes.c.token == token)
+        if not include_ended:
+            query = query.where(t.processes.c.ended_at.is_(None))
+        with self.reading() as conn:
+            return [ProcessRecord.from_row(r) for r in conn.execute(query).all()]
+
+    def watchdog_beat(self, who: ProcessIdentity, interval: float, detail: dict[str, Any]) -> None:
+        values = {
+            "host_key": who.host_key,
+            "host": who.host,
+            "pid": who.pid,
+            "start_time": who.start_time,
+            "interval": interval,
+            "beat_at": time.time(),
+            "detail_json": json.dumps(detail, default=str),
+        }
+        upsert = (pg_insert if self.dialect == "postgresql" else sqlite_insert)(t.watchdogs).values(**values)
+        with self.transaction(durable=False) as conn:
+            conn.execute(upsert.on_conflict_do_update(index_elements=["host_key"], set_=values))
+
+    def watchdogs(self) -> list[WatchdogRecord]:
+        with self.reading() as conn:
+            return [WatchdogRecord.from_row(r) for r in conn.execute(select(t.watchdogs)).all()]
+
+
+__all__ = ["ProcessOps"]

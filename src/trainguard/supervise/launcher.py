@@ -1,0 +1,407 @@
+"""``trainguard run -- CMD``: start a training command so that it cannot outlive its budget or its launcher.
+
+The launcher holds the run's lease and hands it to the child (a Guard inside adopts it). It is a child
+subreaper, so descendants that detach come back to it instead of init; the child runs in its own session
+with a parent-death signal, so it dies with the launcher; every descendant inherits the run marker, so a
+watchdog sweep finds whatever escapes anyway. The launcher enforces runtime and memory itself, and for an
+unmodified legacy script it keeps the lease alive and counts episodes from the checkpoint files it writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import yaml
+
+from trainguard import environment
+from trainguard._monitor import tree_rss
+from trainguard.budget import Runtime
+from trainguard.checkpoints import CheckpointStore
+from trainguard.config import TrainguardConfig
+from trainguard.errors import ConfigError, LeaseLost, RegistryError
+from trainguard.registry import Lease, Registry, default_registry_url
+from trainguard.supervise import linux
+from trainguard.supervise.ladder import LadderResult, Target, run_ladder
+from trainguard.supervise.procs import marked_processes
+
+log = logging.getLogger("trainguard")
+EXIT_GUARD = 3
+_POLL = 0.05
+_WATCH_EVERY = 0.2
+
+
+@dataclass
+class LaunchOptions:
+    command: list[str]
+    grace: float
+    watch_pattern: str | None = None
+    watch_dir: Path | None = None
+    rlimits: dict[int, int] = field(default_factory=dict)
+    progress: bool = False
+
+
+@dataclass
+class _Progress:
+    beat_every: float
+    watch_dir: Path
+    seen: int | None = None  # highest episode among watched checkpoint files
+    last_new_file: float | None = None
+    charged: float = 0.0  # runtime the launcher charged for a legacy child
+    legacy: bool = True  # no Guard has registered inside the child (yet)
+
+
+@dataclass
+class LaunchResult:
+    exit_code: int
+    reason: str  # completed | failed | runtime | memory | episodes | lease_lost | signal
+    child_status: int | None
+    episodes_seen: int | None = None
+    ladder: LadderResult | None = None
+
+
+def _watched_episodes(directory: Path, pattern: re.Pattern[str]) -> tuple[int | None, float | None]:
+    """Highest episode among the checkpoint files a legacy script wrote, and when the newest appeared."""
+    best, newest = None, None
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return None, None
+    for entry in entries:
+        match = pattern.search(entry.name)
+        if not match:
+            continue
+        episode = int(match.group("episode"))
+        best = episode if best is None else max(best, episode)
+        try:
+            mtime = entry.stat().st_mtime
+        except OSError:
+            continue
+        newest = mtime if newest is None else max(newest, mtime)
+    return best, newest
+
+
+class Launcher:
+    def __init__(self, config: TrainguardConfig, options: LaunchOptions) -> None:
+        self.config = config
+        self.options = options
+        self.run = config.require_run()
+        self.pattern = re.compile(options.watch_pattern) if options.watch_pattern else None
+        if self.pattern is not None and "episode" not in self.pattern.groupindex:
+            raise ConfigError(
+                "--watch-pattern", options.watch_pattern, "needs a named group (?P<episode>\\d+)"
+            )
+        self.stop_reason: str | None = None
+        self.stop_detail = ""
+        self.progress = _Progress(beat_every=0.0, watch_dir=Path())
+        self._signals: list[int] = []
+
+    # -- start ------------------------------------------------------------------------------------
+
+    def launch(self) -> LaunchResult:
+        linux.require_linux("trainguard run")
+        store_path = self.config.store_path()
+        url = self.config.registry or default_registry_url(store_path)
+        registry = Registry.open(url)
+        try:
+            CheckpointStore(store_path, run=self.run, registry=registry).close()  # creates and recovers it
+            self.settings = registry.apply_limits(
+                self.run, self.config.effective_limits(), source="trainguard run"
+            )
+            lease = registry.acquire(self.run, ttl=self.config.monitoring.lease_ttl, reason="trainguard run")
+            try:
+                return self._supervise(registry, lease, store_path, url)
+            finally:
+                if lease.lost_reason is None:
+                    lease.release()
+        finally:
+            registry.close()
+
+    def _effective_config_file(self, store_path: Path) -> Path:
+        """The child's Guard reads exactly what the launcher enforces (file plus command-line overrides)."""
+        body = self.config.model_dump(mode="json", by_alias=True, exclude={"source"})
+        body["store"] = str(store_path)
+        if self.config.source is not None:
+            base = self.config.source.parent
+            body["features"] = [
+                f if isinstance(f, dict) or Path(f).is_absolute() else str(base / f)
+                for f in self.config.features
+            ]
+        path = store_path / ".trainguard" / f"{self.run}.effective.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(body, sort_keys=True))
+        return path
+
+    def _spawn(self, lease: Lease, url: str, store_path: Path) -> subprocess.Popen[bytes]:
+        env = {
+            **os.environ,
+            environment.RUN_ID: self.run,
+            environment.LEASE_TOKEN: str(lease.token),
+            environment.REGISTRY: url,
+            environment.CONFIG: str(self._effective_config_file(store_path)),
+            environment.LAUNCHER_PID: str(os.getpid()),
+        }
+        try:
+            return subprocess.Popen(
+                self.options.command,
+                env=env,
+                start_new_session=True,
+                # Safe here: the launcher has started no thread yet (preexec in a threaded parent is not).
+                preexec_fn=linux.child_setup(os.getpid(), self.options.rlimits),  # noqa: PLW1509
+            )
+        except FileNotFoundError as error:
+            raise ConfigError("command", self.options.command[0], "not found") from error
+        except PermissionError as error:
+            raise ConfigError("command", self.options.command[0], "is not executable") from error
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def _supervise(self, registry: Registry, lease: Lease, store_path: Path, url: str) -> LaunchResult:
+        linux.become_subreaper()
+        child = self._spawn(lease, url, store_path)
+        me = registry.identity
+        ids = [
+            registry.register_process(self.run, lease.token, "launcher", me),
+            registry.register_process(
+                self.run, lease.token, "child", _identity_of(child.pid), pgid=child.pid
+            ),
+        ]
+        registry.add_event(
+            self.run,
+            "launcher_started",
+            token=lease.token,
+            detail={"command": self.options.command, "child_pid": child.pid},
+        )
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        info = registry.run_info(self.run)
+        runtime = Runtime(self.settings.get("max_runtime"), info.runtime_spent if info else 0.0)
+        status, ladder, seen = None, None, None
+        try:
+            ladder, seen = self._loop(registry, lease, child, runtime, store_path)
+            status = child.returncode if child.returncode is not None else _wait_reaped(child)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            leftovers = self._kill_leftovers(lease.token)
+            if leftovers is not None and ladder is None:
+                ladder = leftovers
+            if self.progress.legacy and self.progress.charged:
+                registry.charge(
+                    self.run, runtime=runtime.elapsed() - self.progress.charged
+                )  # refund the prepay
+            for process_id in ids:
+                registry.end_process(process_id)
+        return self._finish(registry, lease, status, ladder, seen)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals.append(signum)
+
+    def _loop(
+        self,
+        registry: Registry,
+        lease: Lease,
+        child: subprocess.Popen[bytes],
+        runtime: Runtime,
+        store_path: Path,
+    ) -> tuple[LadderResult | None, int | None]:
+        """Supervise until the child exits (or is stopped); returns the ladder used, if any, and the highest
+        episode seen in watched files."""
+        progress = self.progress = _Progress(
+            beat_every=min(self.config.monitoring.heartbeat_interval, lease.ttl / 3),
+            watch_dir=self.options.watch_dir or store_path,
+        )
+        child_target = Target(child.pid, _identity_of(child.pid).start_time, "child")
+        next_beat = next_watch = 0.0
+        forwarded_at: float | None = None
+        while True:
+            status = _reap_children(child.pid)
+            if status is not None:
+                child.returncode = status  # we reaped it; Popen must not try again
+                return None, progress.seen
+            if self._signals and forwarded_at is None:
+                self._stop("signal", f"signal {self._signals[0]} received")
+                _signal_group(child.pid, signal.SIGTERM)
+                forwarded_at = time.monotonic()
+            if forwarded_at is not None and (
+                len(self._signals) > 1 or time.monotonic() - forwarded_at > self.options.grace
+            ):
+                return run_ladder([child_target], grace=0), progress.seen
+            if forwarded_at is None and time.monotonic() >= next_watch:
+                # Watched files are checked far more often than the heartbeat: the point is to stop the
+                # child as soon as the first checkpoint beyond the budget appears.
+                next_watch = time.monotonic() + _WATCH_EVERY
+                self._watch(registry, lease, progress)
+            if forwarded_at is None and time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + progress.beat_every
+                self._beat(registry, lease, runtime, child.pid, progress)
+            if self.stop_reason is not None:
+                return run_ladder([child_target], grace=self.options.grace), progress.seen
+            time.sleep(_POLL)
+
+    def _beat(
+        self, registry: Registry, lease: Lease, runtime: Runtime, child_pid: int, progress: _Progress
+    ) -> None:
+        try:
+            lease.renew()
+        except LeaseLost as lost:
+            self._stop("lease_lost", lost.reason)
+        except RegistryError as error:
+            log.warning("trainguard run: lease renewal failed: %s", error)
+            if not lease.held_locally:
+                self._stop("lease_lost", "registry unreachable for longer than the lease ttl")
+        # Until a Guard inside the child registers, the launcher accounts for the run (a legacy script
+        # never will): runtime charged ahead, episodes from the files it writes, heartbeats for the watchdog.
+        progress.legacy = not any(p.role == "guard" for p in registry.processes(self.run, token=lease.token))
+        if progress.legacy:
+            due = runtime.elapsed() + 2 * progress.beat_every - progress.charged
+            registry.charge(self.run, runtime=due)
+            progress.charged += due
+            age = None if progress.last_new_file is None else time.time() - progress.last_new_file
+            registry.record_heartbeat(
+                self.run,
+                lease.token,
+                {"pid": os.getpid(), "episode": progress.seen, "legacy": True, "last_progress_age": age},
+            )
+        self._check_budget(runtime, child_pid)
+
+    def _watch(self, registry: Registry, lease: Lease, progress: _Progress) -> None:
+        if self.pattern is None:
+            return
+        found, newest = _watched_episodes(progress.watch_dir, self.pattern)
+        if found is None or (progress.seen is not None and found <= progress.seen):
+            return
+        if progress.legacy:
+            registry.charge(self.run, episodes=found - (progress.seen or 0))
+        progress.seen, progress.last_new_file = found, newest
+        episodes = self.settings.get("max_episodes")
+        if episodes is not None and found > episodes:
+            self._stop(
+                "episodes", f"a checkpoint of episode {found} appeared; the budget is {episodes} episodes"
+            )
+
+    def _check_budget(self, runtime: Runtime, child_pid: int) -> None:
+        limit = self.settings.get("max_runtime")
+        if limit is not None and runtime.spent >= limit:
+            self._stop("runtime", f"runtime {runtime.spent:.1f}s reached the budget of {limit:g}s")
+        memory = self.settings.get("max_memory")
+        if memory is not None and (rss := tree_rss(child_pid)) > memory:
+            self._stop("memory", f"process tree RSS {rss} bytes is over max_memory {memory}")
+
+    def _stop(self, reason: str, detail: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason, self.stop_detail = reason, detail
+            log.warning("trainguard run: stopping %r: %s: %s", self.run, reason, detail)
+
+    def _kill_leftovers(self, token: int) -> LadderResult | None:
+        """Every descendant still alive (re-parented to us as subreaper) or still carrying our marker."""
+        import psutil
+
+        targets = []
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                targets.append(Target(proc.pid, proc.create_time(), "leftover"))
+            except psutil.Error:
+                continue
+        known = {t.pid for t in targets}
+        targets += [
+            Target(e.pid, e.start_time, "marked")
+            for e in marked_processes()
+            if e.marker == self.run and e.token == token and e.pid not in known
+        ]
+        if not targets:
+            return None
+        result = run_ladder(targets, grace=min(self.options.grace, 5.0))
+        _reap_children(None)
+        return result
+
+    # -- the end ----------------------------------------------------------------------------------
+
+    def _finish(
+        self,
+        registry: Registry,
+        lease: Lease,
+        status: int | None,
+        ladder: LadderResult | None,
+        seen: int | None,
+    ) -> LaunchResult:
+        reason = self.stop_reason or ("completed" if status == 0 else "failed")
+        if reason in ("runtime", "memory", "episodes", "lease_lost"):
+            code = EXIT_GUARD
+        elif status is None:
+            code = 128 + signal.SIGKILL
+        else:
+            code = status
+        registry.add_event(
+            self.run,
+            "launcher_exited",
+            token=lease.token,
+            reason=self.stop_detail or reason,
+            detail={
+                "reason": reason,
+                "exit_code": code,
+                "child_status": status,
+                "ladder": ladder.as_dict() if ladder else None,
+                "episodes_seen": seen,
+            },
+        )
+        return LaunchResult(code, reason, status, seen, ladder)
+
+
+def _identity_of(pid: int) -> Any:
+    from trainguard.identity import ProcessIdentity, host_key, hostname, process_start_time
+
+    return ProcessIdentity(
+        host=hostname(), host_key=host_key(), pid=pid, start_time=process_start_time(pid) or 0.0
+    )
+
+
+def _exit_code(status: int) -> int:
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+
+def _reap_children(child_pid: int | None) -> int | None:
+    """Reap every exited child - as a subreaper we inherit orphaned descendants and must not leave them as
+    zombies - and return the exit code of ``child_pid`` if it is among them."""
+    found = None
+    while True:
+        try:
+            # WNOWAIT first: peek at who exited without consuming the status of anyone else's wait.
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return found
+        if info is None:
+            return found
+        _, status = os.waitpid(info.si_pid, 0)
+        if info.si_pid == child_pid:
+            found = _exit_code(status)
+
+
+def _wait_reaped(child: subprocess.Popen[bytes]) -> int | None:
+    """The exit code of a child the ladder has stopped (it is a zombie by now, or nearly)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        code = _reap_children(child.pid)
+        if code is not None:
+            child.returncode = code
+            return code
+        time.sleep(_POLL)
+    return None
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    # The child leads its own session and group (we created it, and it has not been reaped: its pid, and so
+    # its group id, cannot have been reused).
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signum)
+
+
+__all__ = ["EXIT_GUARD", "LaunchOptions", "LaunchResult", "Launcher"]
