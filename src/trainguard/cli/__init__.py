@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from trainguard import __version__
-from trainguard.cli import budget, ckpt, config_cmd, run_cmd
+from trainguard.cli import budget, ckpt, config_cmd, run_cmd, status, supervise_cmds
 from trainguard.cli._common import ArgumentParser, err
 from trainguard.errors import TrainguardError
 
@@ -20,6 +20,8 @@ def build_parser() -> ArgumentParser:
         dest="command", required=True, metavar="COMMAND", parser_class=ArgumentParser
     )
     run_cmd.register(commands)
+    status.register(commands)
+    supervise_cmds.register(commands)
     budget.register(commands)
     ckpt.register(commands)
     config_cmd.register(commands)

@@ -61,6 +61,28 @@ def add_location_args(parser: argparse.ArgumentParser, *, json_flag: bool = Fals
         )
 
 
+def add_registry_args(parser: argparse.ArgumentParser, *, json_flag: bool = False) -> None:
+    parser.add_argument("-c", "--config", metavar="CONFIG", help="config file (gives store and registry)")
+    parser.add_argument("--store", metavar="DIR", help="a store directory (its default registry)")
+    parser.add_argument("--registry", metavar="URL", help="registry URL (sqlite:///PATH or postgresql://...)")
+    if json_flag:
+        parser.add_argument(
+            "--json", action="store_true", help="machine-readable output (see docs/cli-json.md)"
+        )
+
+
+def registry_url(args: argparse.Namespace) -> str:
+    """--registry, else the registry of --store, else of -c CONFIG."""
+    if getattr(args, "registry", None):
+        return str(args.registry)
+    if getattr(args, "store", None):
+        return default_registry_url(Path(args.store))
+    if getattr(args, "config", None):
+        config = load_config(args.config)
+        return config.registry or default_registry_url(config.store_path())
+    raise ConfigError("--registry", None, "give --registry URL, --store DIR or -c CONFIG")
+
+
 @dataclass
 class Location:
     run: str
@@ -125,6 +147,7 @@ __all__ = [
     "ArgumentParser",
     "Location",
     "add_location_args",
+    "add_registry_args",
     "err",
     "human_time",
     "locate",
@@ -133,5 +156,6 @@ __all__ = [
     "out",
     "print_json",
     "reason_arg",
+    "registry_url",
     "table",
 ]

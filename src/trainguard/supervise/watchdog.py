@@ -1,0 +1,302 @@
+"""``trainguard watchdog``: an independent sweep over the registry and ``/proc`` that does not depend on the
+training process's cooperation (design section 3.4).
+
+Each sweep, for every run held on this host: are the registered processes still the same processes (pid
+and start time), is the heartbeat fresh, are episodes advancing, is the budget respected? Then orphans
+(processes carrying a run's marker whose run no longer has a live owner) and rogue writers. A violation
+runs the ladder - revoke the lease, SIGTERM, grace, SIGKILL the tree, verify - and leaves an event with the
+reason, the signals and the evidence; ``dry_run`` records the same event and touches nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainguard._monitor import tree_bytes, tree_rss
+from trainguard.identity import ProcessIdentity, host_key, is_same_process_alive
+from trainguard.registry import LeaseInfo, Registry, RunRecord
+from trainguard.supervise.ladder import LadderResult, Target, run_ladder
+from trainguard.supervise.procs import marked_processes
+from trainguard.supervise.scan import StoreFindings, scan_run
+
+log = logging.getLogger("trainguard")
+
+DEFAULT_GRACE = 30.0
+DEFAULT_HEARTBEAT = 5.0
+
+
+@dataclass
+class Finding:
+    run: str
+    reason: str  # runtime | episodes | memory | disk | heartbeat | stalled | holder_gone | orphan | rogue
+    detail: str
+    targets: list[Target]
+    evidence: dict[str, Any] = field(default_factory=dict)
+    revoke: bool = True
+    act: bool = True  # False: report only (a rogue under rogue_action: report)
+
+
+@dataclass
+class SweepReport:
+    findings: list[Finding] = field(default_factory=list)
+    ladders: list[tuple[Finding, LadderResult | None]] = field(default_factory=list)
+    stores: list[StoreFindings] = field(default_factory=list)
+    runs_checked: int = 0
+
+
+def _setting(run: RunRecord, key: str, default: float) -> float:
+    value = run.limits.get(key)
+    return float(value) if isinstance(value, int | float) else default
+
+
+class Watchdog:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        interval: float = 5.0,
+        dry_run: bool = False,
+        grace: float | None = None,
+        scan_rogues: bool = True,
+    ) -> None:
+        self.registry = registry
+        self.interval = interval
+        self.dry_run = dry_run
+        self.grace = grace
+        self.scan_rogues = scan_rogues
+        self.me = ProcessIdentity.current()
+        self.kills: dict[str, int] = defaultdict(int)
+        self.last_report = SweepReport()
+
+    # -- one sweep --------------------------------------------------------------------------------
+
+    def sweep(self) -> SweepReport:
+        report = SweepReport()
+        self.registry.watchdog_beat(self.me, self.interval, {"dry_run": self.dry_run})
+        runs = self.registry.runs()
+        for run in runs:
+            finding = self.check_run(run)
+            report.runs_checked += 1
+            if finding is not None:
+                report.findings.append(finding)
+        report.findings.extend(self.orphans({r.name: r for r in runs}))
+        if self.scan_rogues:
+            for run in runs:
+                if run.store:
+                    findings = scan_run(self.registry, run)
+                    report.stores.append(findings)
+                    report.findings.extend(self._rogue_findings(run, findings))
+        for finding in report.findings:
+            report.ladders.append((finding, self.act(finding, self._grace(runs, finding.run))))
+        self.last_report = report
+        return report
+
+    def _grace(self, runs: list[RunRecord], name: str) -> float:
+        if self.grace is not None:
+            return self.grace
+        run = next((r for r in runs if r.name == name), None)
+        return _setting(run, "grace", DEFAULT_GRACE) if run else DEFAULT_GRACE
+
+    def _local_targets(self, run: str, lease: LeaseInfo) -> list[Target]:
+        targets = [
+            Target(p.pid, p.start_time, p.role)
+            for p in self.registry.processes(run, token=lease.token)
+            if p.host_key == self.me.host_key
+        ]
+        if lease.holder_host_key == self.me.host_key and lease.holder_pid not in {t.pid for t in targets}:
+            targets.append(Target(lease.holder_pid, lease.holder_start_time, "holder"))
+        return targets
+
+    def check_run(self, run: RunRecord) -> Finding | None:
+        lease = self.registry.lease_info(run.name)
+        if lease is None or lease.state != "held" or lease.holder_host_key != self.me.host_key:
+            return None
+        targets = self._local_targets(run.name, lease)
+        alive = [t for t in targets if is_same_process_alive(t.pid, t.start_time)]
+        if not alive:
+            return Finding(
+                run.name,
+                "holder_gone",
+                "no registered process of the lease is alive (pid and start time)",
+                [],
+                {"targets": [t.__dict__ for t in targets]},
+            )
+        beat = self.registry.heartbeat(run.name) or {}
+        now = time.time()
+        heartbeat = _setting(run, "heartbeat_interval", DEFAULT_HEARTBEAT)
+        stale_after = max(3 * heartbeat, lease.ttl)
+        beat_at = beat.get("at") if beat.get("token") == lease.token else None
+        age = now - (beat_at or lease.acquired_at)
+        evidence: dict[str, Any] = {
+            "heartbeat_age": round(age, 3),
+            "token": lease.token,
+            "spent": {
+                "episodes": run.episodes_spent,
+                "steps": run.steps_spent,
+                "runtime": round(run.runtime_spent, 3),
+            },
+        }
+        if age > stale_after:
+            return Finding(
+                run.name,
+                "heartbeat",
+                f"no heartbeat for {age:.1f}s (limit {stale_after:g}s)",
+                alive,
+                evidence,
+            )
+        progress = beat.get("last_progress_age")
+        if isinstance(progress, int | float) and beat_at is not None:
+            stall = _setting(run, "stall_timeout", 600.0) * (2 if beat.get("saving") else 1)
+            progress_age = progress + (now - beat_at)
+            evidence["progress_age"] = round(progress_age, 3)
+            if progress_age > stall:
+                return Finding(
+                    run.name,
+                    "stalled",
+                    f"no progress for {progress_age:.1f}s (limit {stall:g}s"
+                    f"{', doubled during a save' if beat.get('saving') else ''})",
+                    alive,
+                    evidence,
+                )
+        return self._budget_finding(run, heartbeat, alive, evidence)
+
+    def _budget_finding(
+        self, run: RunRecord, heartbeat: float, alive: list[Target], evidence: dict[str, Any]
+    ) -> Finding | None:
+        limits = run.limits
+        runtime = limits.get("max_runtime")
+        # Runtime is charged up to two heartbeats ahead: only past that (and a sweep) is it an overrun.
+        if runtime is not None and run.runtime_spent > runtime + 2 * heartbeat + self.interval:
+            return Finding(
+                run.name,
+                "runtime",
+                f"runtime {run.runtime_spent:.1f}s is past the budget of {runtime:g}s",
+                alive,
+                evidence,
+            )
+        episodes = limits.get("max_episodes")
+        if episodes is not None and run.episodes_spent > episodes:
+            return Finding(
+                run.name, "episodes", f"{run.episodes_spent} episodes spent of {episodes}", alive, evidence
+            )
+        memory = limits.get("max_memory")
+        if memory is not None:
+            rss = sum(tree_rss(t.pid) for t in alive if t.role in ("child", "guard", "holder"))
+            evidence["rss"] = rss
+            if rss > memory:
+                return Finding(
+                    run.name, "memory", f"process tree RSS {rss} bytes is over {memory}", alive, evidence
+                )
+        disk = limits.get("max_disk")
+        if disk is not None and run.store:
+            used = tree_bytes(Path(run.store))
+            evidence["disk"] = used
+            if used > disk:
+                return Finding(
+                    run.name, "disk", f"{used} bytes under the store is over {disk}", alive, evidence
+                )
+        return None
+
+    def orphans(self, runs: dict[str, RunRecord]) -> list[Finding]:
+        """Processes carrying a run's marker whose run has no live launcher or guard for their token."""
+        groups: dict[tuple[str, int | None], list[Any]] = defaultdict(list)
+        for evidence in marked_processes():
+            groups[(evidence.marker or "", evidence.token)].append(evidence)
+        findings = []
+        for (run, token), members in groups.items():
+            # Only markers this registry can vouch for: a run it knows, launched with a token. A stray
+            # TRAINGUARD_RUN_ID in someone's shell, or a run of another registry, is none of our business.
+            if run not in runs or token is None:
+                continue
+            lease = self.registry.lease_info(run)
+            owned = False
+            if lease is not None and lease.state == "held" and lease.live and lease.token == token:
+                owned = any(
+                    p.role in ("launcher", "guard") and is_same_process_alive(p.pid, p.start_time)
+                    for p in self.registry.processes(run, token=token)
+                    if p.host_key == host_key()
+                )
+            if owned:
+                continue
+            targets = [Target(e.pid, e.start_time, "orphan") for e in members]
+            findings.append(
+                Finding(
+                    run,
+                    "orphan",
+                    f"{len(members)} process(es) carry the marker of run {run!r} "
+                    f"(token {token}), which has no live launcher or guard for that token",
+                    targets,
+                    {"processes": [e.as_dict() for e in members]},
+                    revoke=lease is not None and lease.token == token,
+                )
+            )
+        return findings
+
+    def _rogue_findings(self, run: RunRecord, findings: StoreFindings) -> list[Finding]:
+        kill = run.limits.get("rogue_action") == "kill"
+        return [
+            Finding(
+                run.name,
+                "rogue",
+                suspect.why,
+                [Target(suspect.evidence.pid, suspect.evidence.start_time, "rogue")],
+                {"process": suspect.evidence.as_dict()},
+                revoke=False,
+                act=kill and suspect.killable,
+            )
+            for suspect in findings.suspects
+        ]
+
+    # -- acting -----------------------------------------------------------------------------------
+
+    def act(self, finding: Finding, grace: float) -> LadderResult | None:
+        detail = {
+            "reason": finding.reason,
+            "evidence": finding.evidence,
+            "dry_run": self.dry_run,
+            "targets": [t.__dict__ for t in finding.targets],
+        }
+        if not finding.act:
+            self.registry.add_event(
+                finding.run, "watchdog_report", reason=f"{finding.reason}: {finding.detail}", detail=detail
+            )
+            return None
+        if self.dry_run:
+            self.registry.add_event(
+                finding.run,
+                "watchdog_would_stop",
+                reason=f"{finding.reason}: {finding.detail}",
+                detail={
+                    **detail,
+                    "would": ["revoke lease"] * finding.revoke
+                    + ["SIGTERM", f"grace {grace:g}s", "SIGKILL", "verify"],
+                },
+            )
+            return None
+        if finding.revoke:
+            self.registry.revoke(finding.run, f"watchdog: {finding.reason}: {finding.detail}")
+        ladder = run_ladder(finding.targets, grace=grace) if finding.targets else None
+        self.kills[finding.reason] += 1
+        signals = sorted({name for _, name in ladder.signals}) if ladder else []
+        self.registry.add_event(
+            finding.run,
+            "watchdog_stopped",
+            reason=f"{finding.reason}: {finding.detail}",
+            detail={**detail, "signals": signals, "ladder": ladder.as_dict() if ladder else None},
+        )
+        log.warning(
+            "trainguard watchdog: %s %s: %s (%s)",
+            finding.run,
+            finding.reason,
+            finding.detail,
+            ", ".join(signals) or "no process to signal",
+        )
+        return ladder
+
+
+__all__ = ["Finding", "SweepReport", "Watchdog"]
