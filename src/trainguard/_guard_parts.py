@@ -84,6 +84,7 @@ class GuardParts:
     rss: int = 0
     disk: int = 0
     process_id: int | None = None
+    saving: bool = False  # a synchronous save is in progress (the watchdog gives stalls extra grace)
     pending_events: collections.deque[tuple[str, dict[str, Any]]] = field(default_factory=collections.deque)
 
     # -- opening ----------------------------------------------------------------------------------
@@ -306,7 +307,7 @@ class GuardParts:
             "spent": self.spent(),
             "stop": str(guard.stop) if guard.stop else None,
             "last_progress_age": None if guard.last_progress is None else guard.clock() - guard.last_progress,
-            "saving": bool(self.saver and self.saver.in_flight),
+            "saving": self.saving or bool(self.saver and self.saver.in_flight),
         }
 
     def _write_heartbeat_file(self, guard: Guard) -> None:
@@ -337,6 +338,7 @@ class GuardParts:
             "features": print_.content if print_ else None,
         }
         try:
+            self.saving = True
             if self.saver is not None:
                 self.saver.submit(state, **kwargs)  # waits for (and raises the error of) the previous one
                 guard.last_checkpoint = self.saver.last_record or guard.last_checkpoint
@@ -345,6 +347,8 @@ class GuardParts:
         except LeaseLost as lost:
             guard.fence(lost.reason)
             raise
+        finally:
+            self.saving = False
 
     # -- closing ----------------------------------------------------------------------------------
 

@@ -19,15 +19,18 @@ import psutil
 log = logging.getLogger("trainguard")
 
 
-def tree_rss(pid: int | None = None) -> int:
-    """Resident memory of a process and all its descendants, in bytes."""
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0
+def tree_rss(*pids: int | None) -> int:
+    """Resident memory of the processes (default: this one) and all their descendants, each counted once."""
+    processes: dict[int, psutil.Process] = {}
+    for pid in pids or (None,):
+        try:
+            root = psutil.Process(pid)
+            for process in (root, *root.children(recursive=True)):
+                processes.setdefault(process.pid, process)
+        except psutil.Error:
+            continue
     total = 0
-    for process in processes:
+    for process in processes.values():
         try:
             total += process.memory_info().rss
         except psutil.Error:

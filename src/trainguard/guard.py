@@ -77,7 +77,13 @@ class Guard:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> Guard:
+    def from_config(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        install_signal_handlers: bool = True,
+        **overrides: Any,
+    ) -> Guard:
         """Build from a config file (default: ``$TRAINGUARD_CONFIG``, set by ``trainguard run``); keyword
         overrides (``max_episodes=50``, ``run=...``) win over the file."""
         path = path or os.environ.get(ENV_CONFIG)
@@ -85,7 +91,8 @@ class Guard:
             raise ConfigError(
                 "config", None, f"give a config path (or run under `trainguard run`, which sets {ENV_CONFIG})"
             )
-        return cls(load_config(os.fspath(path), overrides=settings_to_overrides(overrides)))
+        config = load_config(os.fspath(path), overrides=settings_to_overrides(overrides))
+        return cls(config, install_signal_handlers=install_signal_handlers)
 
     # -- lifecycle --------------------------------------------------------------------------------
 

@@ -243,7 +243,8 @@ class Launcher:
             if forwarded_at is None and time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + progress.beat_every
                 self._beat(registry, lease, runtime, child.pid, progress)
-            if self.stop_reason is not None:
+            if self.stop_reason is not None and forwarded_at is None:
+                # A budget or lease stop (a forwarded signal waits for the child above instead).
                 return run_ladder([child_target], grace=self.options.grace), progress.seen
             time.sleep(_POLL)
 

@@ -67,11 +67,13 @@ def owners(registry: Registry, run: str) -> tuple[int | None, set[int]]:
     if lease is None or lease.state != "held" or not lease.live:
         return None, set()
     pids: set[int] = set()
-    for record in registry.processes(run, token=lease.token):
-        if record.host_key == host_key() and is_same_process_alive(record.pid, record.start_time):
-            pids.add(record.pid)
+    identities = [(r.host_key, r.pid, r.start_time) for r in registry.processes(run, token=lease.token)]
+    identities.append((lease.holder_host_key, lease.holder_pid, lease.holder_start_time))
+    for key, pid, start in identities:
+        if key == host_key() and is_same_process_alive(pid, start):
+            pids.add(pid)
             try:
-                pids.update(child.pid for child in psutil.Process(record.pid).children(recursive=True))
+                pids.update(child.pid for child in psutil.Process(pid).children(recursive=True))
             except psutil.Error:
                 continue
     return lease.token, pids

@@ -186,7 +186,7 @@ class Watchdog:
             )
         memory = limits.get("max_memory")
         if memory is not None:
-            rss = sum(tree_rss(t.pid) for t in alive if t.role in ("child", "guard", "holder"))
+            rss = tree_rss(*(t.pid for t in alive if t.role != "launcher"))
             evidence["rss"] = rss
             if rss > memory:
                 return Finding(

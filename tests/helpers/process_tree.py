@@ -1,0 +1,30 @@
+"""Run under `trainguard run`: spawn a child and a grandchild (same session) and a double-forked setsid
+daemon, write all pids (and start times) to the file given, then sleep - a tree that must not survive."""
+
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+
+out = sys.argv[1]
+if len(sys.argv) > 2 and sys.argv[2] == "level2":
+    grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    if os.fork() == 0:  # double fork + setsid: a daemon re-parented away from everyone
+        os.setsid()
+        if os.fork() == 0:
+            with open(out + ".daemon", "w") as f:
+                f.write(f"{os.getpid()} {psutil.Process().create_time()}\n")
+            time.sleep(600)
+        os._exit(0)
+    with open(out + ".level3", "w") as f:
+        f.write(f"{grandchild.pid} {psutil.Process(grandchild.pid).create_time()}\n")
+    time.sleep(600)
+    sys.exit(0)
+level2 = subprocess.Popen([sys.executable, __file__, out, "level2"])
+with open(out + ".level2", "w") as f:
+    f.write(f"{level2.pid} {psutil.Process(level2.pid).create_time()}\n")
+with open(out + ".level1", "w") as f:
+    f.write(f"{os.getpid()} {psutil.Process().create_time()}\n")
+time.sleep(600)

@@ -1,0 +1,148 @@
+"""`trainguard run`: lease hand-off, budget enforcement, legacy scripts, no orphans after a SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from guard_support import write_config
+from support import helper_command, spawned, wait_until
+from trainguard import Registry
+from trainguard.identity import is_same_process_alive
+from trainguard.supervise.watchdog import Watchdog
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the launcher needs Linux")
+
+
+def _url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'store' / '.trainguard' / 'registry.db'}"
+
+
+def _run(*args: str) -> list[str]:
+    return [sys.executable, "-m", "trainguard", "run", *args]
+
+
+LEGACY = textwrap.dedent("""\
+    import os, sys, time
+    directory = sys.argv[1]
+    for episode in range(1, 1000):
+        time.sleep(0.4)
+        with open(os.path.join(directory, f"checkpoint_ep{episode:06d}.pth"), "wb") as handle:
+            handle.write(b"legacy weights")
+        print("wrote", episode, flush=True)
+    """)
+
+
+def test_legacy_script_is_stopped_when_the_first_file_beyond_the_budget_appears(tmp_path: Path) -> None:
+    script, checkpoints = tmp_path / "legacy_train.py", tmp_path / "ckpts"
+    script.write_text(LEGACY)
+    checkpoints.mkdir()
+    done = subprocess.run(
+        _run(
+            "--run",
+            "legacy",
+            "--store",
+            str(tmp_path / "store"),
+            "--max-episodes",
+            "5",
+            "--grace",
+            "2s",
+            "--watch-pattern",
+            r"checkpoint_ep(?P<episode>\d+)\.pth",
+            "--watch-dir",
+            str(checkpoints),
+            "--",
+            sys.executable,
+            str(script),
+            str(checkpoints),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 3, done.stderr
+    written = sorted(p.name for p in checkpoints.iterdir())
+    assert written[-1] == "checkpoint_ep000006.pth"  # the first one beyond the budget, and nothing after it
+    assert "a checkpoint of episode 6 appeared; the budget is 5 episodes" in done.stderr
+    with Registry.open(_url(tmp_path)) as registry:
+        exited = next(e for e in registry.events("legacy") if e.kind == "launcher_exited")
+        assert exited.detail["reason"] == "episodes" and exited.detail["episodes_seen"] == 6
+        lease = registry.lease_info("legacy")
+        assert lease is not None and lease.state == "released"
+        assert registry.processes("legacy") == []  # launcher and child registrations ended
+
+
+def test_the_guard_inside_adopts_the_launchers_lease_and_sigterm_is_forwarded(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "adopted")
+    command = _run(
+        "-c", str(config), "--", *helper_command("guard_worker.py", str(config), "--episode-seconds", "0.3")
+    )
+    with spawned(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as launcher:
+        assert launcher.stdout is not None
+        while not launcher.stdout.readline().startswith("episode 2"):
+            pass
+        launcher.send_signal(signal.SIGTERM)
+        stdout, stderr = launcher.communicate(timeout=60)
+    assert launcher.returncode == 0, stderr  # the child finished its episode, checkpointed, exited 0
+    assert "SUMMARY" in stdout and '"stop_reason": "signal"' in stdout
+    with Registry.open(_url(tmp_path)) as registry:
+        events = registry.events("adopted")
+        acquired = [e for e in events if e.kind == "lease_acquired"]
+        started = next(e for e in events if e.kind == "guard_started")
+        assert len(acquired) == 1 and started.detail["adopted"] and started.token == acquired[0].token
+        assert [r.episode for r in registry.checkpoints("adopted")] == [2]
+        assert next(e for e in events if e.kind == "launcher_exited").detail["reason"] == "signal"
+
+
+def test_the_launcher_enforces_runtime_on_a_runaway(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        "clocked",
+        limits={"max_runtime": "1s"},
+        watchdog={"grace": "1s"},
+        monitoring={"heartbeat_interval": "0.1s", "lease_ttl": "1s"},
+    )
+    command = _run(
+        "-c", str(config), "--", *helper_command("stubborn_worker.py", str(config), "--ignore-budget")
+    )
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 3, done.stderr
+    assert "runtime" in done.stderr and elapsed < 8
+
+
+def test_a_sigkilled_launcher_leaves_no_survivors_after_one_sweep(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "tree", watchdog={"grace": "1s"})
+    pids_file = str(tmp_path / "pids")
+    command = _run("-c", str(config), "--", *helper_command("process_tree.py", pids_file))
+    tree: list[tuple[int, float]] = []
+    with spawned(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as launcher:
+        try:
+            levels = ("level1", "level2", "level3", "daemon")
+            wait_until(lambda: all(Path(f"{pids_file}.{level}").exists() for level in levels), timeout=30)
+            for level in levels:
+                pid_text, start_text = Path(f"{pids_file}.{level}").read_text().split()
+                tree.append((int(pid_text), float(start_text)))
+            daemon = psutil.Process(tree[3][0])
+            assert daemon.ppid() != tree[1][0]  # detached: re-parented away from its parent
+            os.kill(launcher.pid, signal.SIGKILL)
+            launcher.wait(timeout=10)
+            with Registry.open(_url(tmp_path)) as registry:
+                report = Watchdog(registry, interval=1.0, scan_rogues=False).sweep()  # exactly one sweep
+            assert {f.reason for f in report.findings} >= {"orphan"}
+            survivors = [pid for pid, start in tree if is_same_process_alive(pid, start)]
+            assert survivors == []
+        finally:
+            for pid, start in tree:  # only if the test failed: never leave them running
+                if is_same_process_alive(pid, start):
+                    os.kill(pid, signal.SIGKILL)
