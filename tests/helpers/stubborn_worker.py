@@ -22,6 +22,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("config")
 parser.add_argument("--ignore-budget", action="store_true")
 parser.add_argument("--ignore-sigterm", action="store_true")
+parser.add_argument("--die-on-sigterm", action="store_true", help="no guard handler: default SIGTERM")
 parser.add_argument("--hang", action="store_true")
 parser.add_argument("--stall", action="store_true")
 parser.add_argument("--slow-save", type=float, default=0.0)
@@ -58,7 +59,8 @@ def episode_body(guard: tg.Guard, episode: int) -> None:
     time.sleep(0.05)
 
 
-with tg.Guard.from_config(args.config, install_signal_handlers=not args.ignore_sigterm) as guard:
+handlers = not (args.ignore_sigterm or args.die_on_sigterm)
+with tg.Guard.from_config(args.config, install_signal_handlers=handlers) as guard:
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print(f"started {os.getpid()}", flush=True)

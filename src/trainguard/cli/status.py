@@ -20,7 +20,7 @@ from trainguard.errors import ConfigError
 from trainguard.identity import host_key, is_same_process_alive
 from trainguard.names import validate_name
 from trainguard.registry import Registry, RunRecord, default_registry_url
-from trainguard.supervise.scan import StoreFindings, scan_run
+from trainguard.supervise.scan import StoreFindings, scan_store
 from trainguard.units import format_duration
 
 
@@ -158,7 +158,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         with Registry.open(url) as registry:
             for run in registry.runs():
                 if run.store and (only is None or Path(run.store).resolve() == only):
-                    results.append(scan_run(registry, run))
+                    results.append(scan_store(registry, run))
     found = any(r.anything for r in results)
     if args.json:
         print_json({"found": found, "stores": [r.as_dict() for r in results]})

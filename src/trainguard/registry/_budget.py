@@ -128,6 +128,19 @@ class BudgetOps(RegistryCore):
         with self.transaction(durable=False) as conn:
             conn.execute(upsert.on_conflict_do_update(index_elements=["run"], set_=values))
 
+    def heartbeats(self) -> dict[str, dict[str, Any]]:
+        """Every run's latest heartbeat in one query."""
+        with self.reading() as conn:
+            rows = conn.execute(select(t.heartbeats)).all()
+        return {
+            r._mapping["run"]: {
+                "token": r._mapping["token"],
+                "at": r._mapping["at"],
+                **json.loads(r._mapping["detail_json"]),
+            }
+            for r in rows
+        }
+
     def heartbeat(self, run: str) -> dict[str, Any] | None:
         with self.reading() as conn:
             row = conn.execute(select(t.heartbeats).where(t.heartbeats.c.run == run)).first()

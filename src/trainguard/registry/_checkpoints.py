@@ -107,6 +107,14 @@ class CheckpointOps(LeaseOps):
         with self.reading() as conn:
             return [CheckpointRecord.from_row(r) for r in conn.execute(query).all()]
 
+    def checkpoint_names(self) -> dict[str, set[str]]:
+        """Every run's checkpoint names (any state) in one query."""
+        names: dict[str, set[str]] = {}
+        with self.reading() as conn:
+            for run, name in conn.execute(select(t.checkpoints.c.run, t.checkpoints.c.name)).all():
+                names.setdefault(run, set()).add(name)
+        return names
+
     def set_checkpoint_state(
         self,
         run: str,

@@ -230,9 +230,12 @@ class RegistryCore:
         *,
         kinds: Iterable[str] | None = None,
         after_id: int = 0,
+        since: float | None = None,
         limit: int | None = None,
     ) -> list[EventRecord]:
         query = select(t.events).where(t.events.c.id > after_id).order_by(t.events.c.id)
+        if since is not None:
+            query = query.where(t.events.c.at >= since)
         if run is not None:
             query = query.where(t.events.c.run == run)
         if kinds is not None:

@@ -160,6 +160,12 @@ class LeaseOps(RegistryCore):
         row = conn.execute(self._select_lease, {"lease_run": run, **self.clock.params()}).first()
         return LeaseInfo.from_row(row, bool(row._mapping["live"])) if row else None
 
+    def leases(self) -> dict[str, LeaseInfo]:
+        """Every run's lease row in one query (the watchdog's sweep reads them all at once)."""
+        with self.reading() as conn:
+            rows = conn.execute(select(t.leases, self._live.label("live")), self.clock.params()).all()
+        return {row._mapping["run"]: LeaseInfo.from_row(row, bool(row._mapping["live"])) for row in rows}
+
     def lease_info(self, run: str) -> LeaseInfo | None:
         """The run's lease row as the registry sees it now (``live`` judged by the registry clock)."""
         with self.reading() as conn:

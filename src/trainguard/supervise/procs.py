@@ -122,19 +122,29 @@ def marked_processes() -> list[Evidence]:
     return found
 
 
-def _under(path: str, roots: tuple[str, ...]) -> bool:
-    return any(path == root or path.startswith(root + os.sep) for root in roots)
+def _under(path: str, roots: frozenset[str]) -> bool:
+    """Is ``path`` one of ``roots`` or inside one? Walks up the path (its depth) instead of comparing with
+    every root: a watchdog asks this for every open file of every process against every store."""
+    while True:
+        if path in roots:
+            return True
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
 
 
-def holders_under(roots: Iterable[Path], *, ignore: Iterable[Path] = ()) -> list[Evidence]:
+def holders_under(
+    roots: Iterable[Path], *, ignore: Iterable[Path] = (), resolved: bool = False
+) -> list[Evidence]:
     """Processes with a file descriptor or their working directory under any of ``roots``.
 
     Reads ``/proc/<pid>/fd`` links directly (what ``lsof +D`` does, without stat-ing every file of the
     tree); ``ignore`` lists paths whose holders do not count (the registry database every trainguard
     command opens).
     """
-    prefixes = tuple(str(Path(r).resolve()) for r in roots)
-    ignored = tuple(str(Path(p).resolve()) for p in ignore)
+    prefixes = frozenset(str(r) if resolved else os.path.realpath(r) for r in roots)
+    ignored = frozenset(str(p) if resolved else os.path.realpath(p) for p in ignore)
     found = []
     for proc in _other_processes():
         pid = proc.pid
@@ -145,7 +155,7 @@ def holders_under(roots: Iterable[Path], *, ignore: Iterable[Path] = ()) -> list
                     target = os.readlink(f"/proc/{pid}/fd/{fd}")
                 except OSError:
                     continue
-                if _under(target, prefixes) and not any(target.startswith(i) for i in ignored):
+                if target.startswith("/") and _under(target, prefixes) and not _under(target, ignored):
                     held.add(target)
             cwd = os.readlink(f"/proc/{pid}/cwd")
         except OSError:

@@ -11,18 +11,16 @@ Plus what writers leave behind: directories without a committed row, staging fro
 
 from __future__ import annotations
 
-import time
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
 from trainguard.checkpoints._layout import RESERVED, STAGING, StagingName
-from trainguard.identity import host_key, is_same_process_alive
 from trainguard.registry import Registry, RunRecord
-from trainguard.supervise.procs import Evidence, describe, holders_under
-
-FENCED_WINDOW = 3600.0
+from trainguard.supervise.procs import Evidence, describe
+from trainguard.supervise.snapshot import Snapshot
 
 
 @dataclass(frozen=True)
@@ -60,38 +58,30 @@ class StoreFindings:
         }
 
 
-def owners(registry: Registry, run: str) -> tuple[int | None, set[int]]:
-    """The run's live token and the pids entitled to touch its store (registered processes of that token
-    that are still the same processes, and their descendants)."""
-    lease = registry.lease_info(run)
+def owners(snapshot: Snapshot, run: str) -> tuple[int | None, set[int]]:
+    """The run's live token and the pids entitled to touch its store: the lease holder and the registered
+    processes of that token that are still the same processes, and their descendants."""
+    lease = snapshot.leases.get(run)
     if lease is None or lease.state != "held" or not lease.live:
         return None, set()
-    pids: set[int] = set()
-    identities = [(r.host_key, r.pid, r.start_time) for r in registry.processes(run, token=lease.token)]
+    identities = [(p.host_key, p.pid, p.start_time) for p in snapshot.processes_of(run, lease.token)]
     identities.append((lease.holder_host_key, lease.holder_pid, lease.holder_start_time))
+    pids: set[int] = set()
     for key, pid, start in identities:
-        if key == host_key() and is_same_process_alive(pid, start):
+        if key == snapshot.local_key and snapshot.alive(pid, start):
             pids.add(pid)
-            try:
-                pids.update(child.pid for child in psutil.Process(pid).children(recursive=True))
-            except psutil.Error:
-                continue
+            pids |= snapshot.descendants(pid)
     return lease.token, pids
 
 
-def _registry_files(store: Path) -> list[Path]:
-    return [store / ".trainguard"]  # the registry database every trainguard command opens
-
-
-def scan_run(registry: Registry, run: RunRecord, *, now: float | None = None) -> StoreFindings:
+def scan_run(snapshot: Snapshot, run: RunRecord) -> StoreFindings:
     store = Path(run.store or ".")
     findings = StoreFindings(run.name, str(store))
     if not store.is_dir():
         return findings
-    now = time.time() if now is None else now
-    token, allowed = owners(registry, run.name)
+    token, allowed = owners(snapshot, run.name)
     seen: set[int] = set()
-    for held in holders_under([store], ignore=_registry_files(store)):
+    for held in snapshot.holders_of(str(store)):
         if held.pid in allowed or (held.marker == run.name and token is not None and held.token == token):
             continue
         seen.add(held.pid)
@@ -99,21 +89,21 @@ def scan_run(registry: Registry, run: RunRecord, *, now: float | None = None) ->
         why = (
             "holds files under the store without the run's live lease"
             if writer
-            else ("its working directory is under the store (not a writer by itself)")
+            else "its working directory is under the store (not a writer by itself)"
         )
         findings.suspects.append(Suspect(run.name, held, why, killable=writer))
-    refused = [e for e in registry.events(run.name, kinds=["commit_refused"]) if now - e.at <= FENCED_WINDOW]
+    refused = [e for e in snapshot.refused if e.run == run.name]
     findings.fenced_attempts = len(refused)
     for event in reversed(refused):
         named = event.detail.get("writer") or {}
         pid, start = named.get("pid"), named.get("start_time")
         if (
-            named.get("host_key") != host_key()
+            named.get("host_key") != snapshot.local_key
             or not isinstance(pid, int)
             or pid in seen
             or pid in allowed
             or not isinstance(start, int | float)
-            or not is_same_process_alive(pid, float(start))
+            or not snapshot.alive(pid, float(start))
         ):
             continue
         seen.add(pid)
@@ -123,22 +113,27 @@ def scan_run(registry: Registry, run: RunRecord, *, now: float | None = None) ->
             continue
         why = f"its commit with stale token {event.token} was refused ({event.reason})"
         findings.suspects.append(Suspect(run.name, evidence, why, killable=True))
-    committed = {r.name for r in registry.checkpoints(run.name, states=None)}
-    for entry in store.iterdir():
-        if (
-            entry.is_dir()
-            and entry.name not in RESERVED
-            and not entry.name.startswith(".")
-            and entry.name not in committed
-        ):
-            findings.unregistered.append(entry.name)
-    staging = store / STAGING
-    if staging.is_dir():
-        for entry in staging.iterdir():
-            parsed = StagingName.parse(entry.name)
-            if parsed is None or parsed.writer_alive(host_key()) is False:
-                findings.dead_staging.append(entry.name)
+    committed = snapshot.checkpoint_names.get(run.name, set())
+    # scandir: the directory type comes with the entry, no stat per checkpoint (a sweep lists every store).
+    with os.scandir(store) as entries:
+        for entry in entries:
+            hidden = entry.name in RESERVED or entry.name.startswith(".")
+            if not hidden and entry.name not in committed and entry.is_dir(follow_symlinks=False):
+                findings.unregistered.append(entry.name)
+    try:
+        with os.scandir(store / STAGING) as entries:
+            for entry in entries:
+                parsed = StagingName.parse(entry.name)
+                if parsed is None or parsed.writer_alive(snapshot.local_key) is False:
+                    findings.dead_staging.append(entry.name)
+    except FileNotFoundError:
+        pass
     return findings
 
 
-__all__ = ["FENCED_WINDOW", "StoreFindings", "Suspect", "owners", "scan_run"]
+def scan_store(registry: Registry, run: RunRecord) -> StoreFindings:
+    """One run's store, on its own (``trainguard incident scan``)."""
+    return scan_run(Snapshot.take(registry, runs=[run]), run)
+
+
+__all__ = ["StoreFindings", "Suspect", "owners", "scan_run", "scan_store"]

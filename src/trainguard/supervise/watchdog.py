@@ -11,18 +11,17 @@ reason, the signals and the evidence; ``dry_run`` records the same event and tou
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from trainguard._monitor import tree_bytes, tree_rss
-from trainguard.identity import ProcessIdentity, host_key, is_same_process_alive
+from trainguard.identity import ProcessIdentity
 from trainguard.registry import LeaseInfo, Registry, RunRecord
 from trainguard.supervise.ladder import LadderResult, Target, run_ladder
-from trainguard.supervise.procs import marked_processes
 from trainguard.supervise.scan import StoreFindings, scan_run
+from trainguard.supervise.snapshot import Snapshot
 
 log = logging.getLogger("trainguard")
 
@@ -78,21 +77,21 @@ class Watchdog:
     def sweep(self) -> SweepReport:
         report = SweepReport()
         self.registry.watchdog_beat(self.me, self.interval, {"dry_run": self.dry_run})
-        runs = self.registry.runs()
-        for run in runs:
-            finding = self.check_run(run)
+        snapshot = Snapshot.take(self.registry)
+        for run in snapshot.runs:
+            finding = self.check_run(snapshot, run)
             report.runs_checked += 1
             if finding is not None:
                 report.findings.append(finding)
-        report.findings.extend(self.orphans({r.name: r for r in runs}))
+        report.findings.extend(self.orphans(snapshot))
         if self.scan_rogues:
-            for run in runs:
+            for run in snapshot.runs:
                 if run.store:
-                    findings = scan_run(self.registry, run)
+                    findings = scan_run(snapshot, run)
                     report.stores.append(findings)
                     report.findings.extend(self._rogue_findings(run, findings))
         for finding in report.findings:
-            report.ladders.append((finding, self.act(finding, self._grace(runs, finding.run))))
+            report.ladders.append((finding, self.act(finding, self._grace(snapshot.runs, finding.run))))
         self.last_report = report
         return report
 
@@ -102,22 +101,22 @@ class Watchdog:
         run = next((r for r in runs if r.name == name), None)
         return _setting(run, "grace", DEFAULT_GRACE) if run else DEFAULT_GRACE
 
-    def _local_targets(self, run: str, lease: LeaseInfo) -> list[Target]:
+    def _local_targets(self, snapshot: Snapshot, lease: LeaseInfo) -> list[Target]:
         targets = [
             Target(p.pid, p.start_time, p.role)
-            for p in self.registry.processes(run, token=lease.token)
+            for p in snapshot.processes_of(lease.run, lease.token)
             if p.host_key == self.me.host_key
         ]
         if lease.holder_host_key == self.me.host_key and lease.holder_pid not in {t.pid for t in targets}:
             targets.append(Target(lease.holder_pid, lease.holder_start_time, "holder"))
         return targets
 
-    def check_run(self, run: RunRecord) -> Finding | None:
-        lease = self.registry.lease_info(run.name)
+    def check_run(self, snapshot: Snapshot, run: RunRecord) -> Finding | None:
+        lease = snapshot.leases.get(run.name)
         if lease is None or lease.state != "held" or lease.holder_host_key != self.me.host_key:
             return None
-        targets = self._local_targets(run.name, lease)
-        alive = [t for t in targets if is_same_process_alive(t.pid, t.start_time)]
+        targets = self._local_targets(snapshot, lease)
+        alive = [t for t in targets if snapshot.alive(t.pid, t.start_time)]
         if not alive:
             return Finding(
                 run.name,
@@ -126,8 +125,8 @@ class Watchdog:
                 [],
                 {"targets": [t.__dict__ for t in targets]},
             )
-        beat = self.registry.heartbeat(run.name) or {}
-        now = time.time()
+        beat = snapshot.heartbeats.get(run.name) or {}
+        now = snapshot.at
         heartbeat = _setting(run, "heartbeat_interval", DEFAULT_HEARTBEAT)
         stale_after = max(3 * heartbeat, lease.ttl)
         beat_at = beat.get("at") if beat.get("token") == lease.token else None
@@ -170,8 +169,8 @@ class Watchdog:
     ) -> Finding | None:
         limits = run.limits
         runtime = limits.get("max_runtime")
-        # Runtime is charged up to two heartbeats ahead: only past that (and a sweep) is it an overrun.
-        if runtime is not None and run.runtime_spent > runtime + 2 * heartbeat + self.interval:
+        # Runtime is charged up to two heartbeats ahead: only past that is the budget certainly overrun.
+        if runtime is not None and run.runtime_spent > runtime + 2 * heartbeat:
             return Finding(
                 run.name,
                 "runtime",
@@ -202,24 +201,25 @@ class Watchdog:
                 )
         return None
 
-    def orphans(self, runs: dict[str, RunRecord]) -> list[Finding]:
+    def orphans(self, snapshot: Snapshot) -> list[Finding]:
         """Processes carrying a run's marker whose run has no live launcher or guard for their token."""
+        known = {r.name for r in snapshot.runs}
         groups: dict[tuple[str, int | None], list[Any]] = defaultdict(list)
-        for evidence in marked_processes():
+        for evidence in snapshot.marked:
             groups[(evidence.marker or "", evidence.token)].append(evidence)
         findings = []
         for (run, token), members in groups.items():
             # Only markers this registry can vouch for: a run it knows, launched with a token. A stray
             # TRAINGUARD_RUN_ID in someone's shell, or a run of another registry, is none of our business.
-            if run not in runs or token is None:
+            if run not in known or token is None:
                 continue
-            lease = self.registry.lease_info(run)
+            lease = snapshot.leases.get(run)
             owned = False
             if lease is not None and lease.state == "held" and lease.live and lease.token == token:
                 owned = any(
-                    p.role in ("launcher", "guard") and is_same_process_alive(p.pid, p.start_time)
-                    for p in self.registry.processes(run, token=token)
-                    if p.host_key == host_key()
+                    p.role in ("launcher", "guard") and snapshot.alive(p.pid, p.start_time)
+                    for p in snapshot.processes_of(run, token)
+                    if p.host_key == snapshot.local_key
                 )
             if owned:
                 continue
