@@ -35,6 +35,7 @@ def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
     run.add_argument("--watch-dir", metavar="DIR", help="where those files appear (default: the store)")
     run.add_argument("--rlimit-as", metavar="SIZE", help="address-space limit for the child")
     run.add_argument("--rlimit-nofile", type=int, metavar="N")
+    run.add_argument("--no-progress", action="store_true", help="no live status line, even on a terminal")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     run.set_defaults(handler=cmd_run)
 
@@ -78,6 +79,7 @@ def _options(args: argparse.Namespace, config: TrainguardConfig) -> LaunchOption
     from pathlib import Path
 
     return LaunchOptions(
+        progress=False if args.no_progress else None,
         command=command,
         grace=grace,
         watch_pattern=args.watch_pattern,

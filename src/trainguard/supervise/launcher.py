@@ -33,6 +33,7 @@ from trainguard.registry import Lease, Registry, default_registry_url
 from trainguard.supervise import linux
 from trainguard.supervise.ladder import LadderResult, Target, run_ladder
 from trainguard.supervise.procs import marked_processes
+from trainguard.supervise.progress_line import ProgressLine
 
 log = logging.getLogger("trainguard")
 EXIT_GUARD = 3
@@ -47,7 +48,7 @@ class LaunchOptions:
     watch_pattern: str | None = None
     watch_dir: Path | None = None
     rlimits: dict[int, int] = field(default_factory=dict)
-    progress: bool = False
+    progress: bool | None = None  # live status line; None: when stderr is a terminal
 
 
 @dataclass
@@ -103,6 +104,7 @@ class Launcher:
         self.stop_reason: str | None = None
         self.stop_detail = ""
         self.progress = _Progress(beat_every=0.0, watch_dir=Path())
+        self._line = ProgressLine(self.run, enabled=options.progress)
         self._signals: list[int] = []
 
     # -- start ------------------------------------------------------------------------------------
@@ -186,7 +188,8 @@ class Launcher:
         runtime = Runtime(self.settings.get("max_runtime"), info.runtime_spent if info else 0.0)
         status, ladder, seen = None, None, None
         try:
-            ladder, seen = self._loop(registry, lease, child, runtime, store_path)
+            with self._line:
+                ladder, seen = self._loop(registry, lease, child, runtime, store_path)
             status = child.returncode if child.returncode is not None else _wait_reaped(child)
         finally:
             for signum, handler in previous.items():
@@ -243,6 +246,7 @@ class Launcher:
             if forwarded_at is None and time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + progress.beat_every
                 self._beat(registry, lease, runtime, child.pid, progress)
+                self._line.update(registry)
             if self.stop_reason is not None and forwarded_at is None:
                 # A budget or lease stop (a forwarded signal waits for the child above instead).
                 return run_ladder([child_target], grace=self.options.grace), progress.seen
