@@ -46,8 +46,8 @@ def test_changed_normalisation_constant_is_refused_naming_the_key(tmp_path: Path
         guard.resume()
     error = raised.value
     assert error.name == "ep00000004-t1"  # the newest: not silently skipped for an older one
-    assert error.differences == ["features.yaml.normalisation.price_std: 0.012 -> 0.015"]
-    assert "features.yaml.normalisation.price_std: 0.012 -> 0.015" in str(error)
+    assert error.differences == ["normalisation.price_std: 0.012 -> 0.015"]
+    assert "normalisation.price_std: 0.012 -> 0.015" in str(error)
     assert error.exit_code == 2
 
 
@@ -100,4 +100,5 @@ def test_fingerprint_lands_in_every_manifest(tmp_path: Path) -> None:
                 break
         manifests = [guard.parts.store.manifest(r.name) for r in guard.parts.store.list()]  # type: ignore[union-attr]
     assert {m.fingerprint for m in manifests} == {guard.fingerprint.digest}  # type: ignore[union-attr]
-    assert manifests[0].features == {"features.yaml": guard.fingerprint.content["features.yaml"]}  # type: ignore[union-attr]
+    assert manifests[0].features == guard.fingerprint.content  # type: ignore[union-attr]
+    assert manifests[0].features["normalisation"]["price_std"] == 0.012

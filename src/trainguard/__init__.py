@@ -6,6 +6,7 @@ cannot commit, and a live pointer that only moves through gates.
 
 from __future__ import annotations
 
+from trainguard import live
 from trainguard._stop import Stop, StopReason
 from trainguard.checkpoints import CheckpointStore, LoadedCheckpoint, VerifyReport, retention
 from trainguard.errors import (
@@ -54,5 +55,6 @@ __all__ = [
     "UnsafeCheckpoint",
     "VerifyReport",
     "__version__",
+    "live",
     "retention",
 ]

@@ -11,16 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-
+from trainguard._guard_settings import retention_policy
 from trainguard._monitor import Cadence, Monitor, tree_bytes, tree_rss
 from trainguard._runfiles import RunFiles
 from trainguard._signals import SignalRelay
 from trainguard._stop import Stop, StopReason
 from trainguard.budget import Counter, Runtime, Warnings, warn_log
-from trainguard.checkpoints import CheckpointStore, retention
+from trainguard.checkpoints import CheckpointStore
 from trainguard.checkpoints.async_writer import AsyncSaver
-from trainguard.config import TrainguardConfig
 from trainguard.errors import ConfigError, LeaseLost, RegistryError
 from trainguard.registry import CheckpointRecord, Lease, Registry, default_registry_url
 
@@ -28,41 +26,6 @@ if TYPE_CHECKING:
     from trainguard.guard import Guard
 
 log = logging.getLogger("trainguard")
-
-_SECTIONS = ("limits", "checkpoints", "monitoring", "watchdog", "gates", "failsafes")
-_TOP_LEVEL = ("run", "store", "registry", "features")
-
-
-def settings_to_overrides(settings: dict[str, Any]) -> dict[str, Any]:
-    """Keyword settings (``max_episodes=50``, ``heartbeat_interval="1s"``, ``checkpoints__keep_last=3``) as
-    the dotted config keys they override."""
-    where: dict[str, str] = {}
-    for section in _SECTIONS:
-        model = TrainguardConfig.model_fields[section].annotation
-        assert isinstance(model, type) and issubclass(model, BaseModel)
-        for name, info in model.model_fields.items():
-            where.setdefault(name, f"{section}.{info.alias or name}")
-    result = {}
-    for key, value in settings.items():
-        if key in _TOP_LEVEL:
-            result[key] = value
-        elif "__" in key:
-            result[key.replace("__", ".")] = value
-        elif key in where:
-            result[where[key]] = value
-        else:
-            raise ConfigError(
-                key, value, "unknown setting; use a config key such as max_episodes or lease_ttl"
-            )
-    return result
-
-
-def _policy(config: TrainguardConfig) -> retention.Policy:
-    c = config.checkpoints
-    best = c.best_metric
-    return retention.from_settings(
-        c.keep_last, c.keep_best, best.name if best else None, best.mode if best else "max", c.keep_every
-    )
 
 
 @dataclass
@@ -107,7 +70,7 @@ class GuardParts:
                 store_path,
                 run=run,
                 registry=registry,
-                retention_policy=_policy(config),
+                retention_policy=retention_policy(config),
                 format=config.checkpoints.format,
                 validate=config.monitoring.checkpoint_validation,
             )
@@ -177,7 +140,11 @@ class GuardParts:
             },
         )
         if guard.config.checkpoints.async_:
-            self.saver = AsyncSaver(self.store, on_error=lambda e: self._background_error(guard, e))
+            self.saver = AsyncSaver(
+                self.store,
+                on_error=lambda e: self._background_error(guard, e),
+                on_done=lambda record: self._auto_promote(guard, record),
+            )
         self.monitor = Monitor(
             self.cadence,
             beat=lambda: self.beat(guard),
@@ -343,12 +310,37 @@ class GuardParts:
                 self.saver.submit(state, **kwargs)  # waits for (and raises the error of) the previous one
                 guard.last_checkpoint = self.saver.last_record or guard.last_checkpoint
                 return None
-            return self.store.save(state, **kwargs)
+            record = self.store.save(state, **kwargs)
         except LeaseLost as lost:
             guard.fence(lost.reason)
             raise
         finally:
             self.saving = False
+        self._auto_promote(guard, record)
+        return record
+
+    def _auto_promote(self, guard: Guard, record: CheckpointRecord) -> None:
+        """With ``gates.auto_promote``: move the live pointer to this checkpoint if it passes every gate."""
+        if not guard.config.gates.auto_promote:
+            return
+        from trainguard.health.promotion import Promoter
+
+        promoter = Promoter(
+            self.store,
+            guard.config.gates,
+            best_metric=guard.config.checkpoints.best_metric,
+            live_features=guard.fingerprint,
+        )
+        assessment = promoter.assess(record)
+        if assessment.passed:
+            promoter.move_live(
+                assessment,
+                reason=f"passed every gate after the save of episode {record.episode}",
+                kind="auto-promote",
+            )
+        else:
+            failed = "; ".join(f"{v.gate}: {v.reason}" for v in assessment.verdicts if not v.passed)
+            log.info("trainguard: %s not promoted: %s", record.name, failed)
 
     # -- closing ----------------------------------------------------------------------------------
 
@@ -410,4 +402,4 @@ def _attempt(step: Callable[[], object]) -> None:
         log.exception("trainguard: shutdown step failed")
 
 
-__all__ = ["GuardParts", "settings_to_overrides"]
+__all__ = ["GuardParts"]

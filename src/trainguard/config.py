@@ -105,7 +105,9 @@ class Gates(_Section):
     min_action_entropy: Annotated[float, Field(ge=0)] | None = None
     min_decisions: Annotated[int, Field(ge=0)] = 100
     metrics: dict[str, str] = Field(default_factory=dict)
+    no_worse_than_live: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
     evaluator: str | None = None
+    auto_promote: bool = False  # the Guard promotes each checkpoint that passes every gate
 
     @field_validator("metrics")
     @classmethod

@@ -55,17 +55,29 @@ def _load_file(path: Path) -> Any:
 
 def compute(sources: Iterable[str | Mapping[str, Any]], *, base: Path | None = None) -> Fingerprint | None:
     """Fingerprint the feature ``sources`` (file paths, relative to ``base``, and inline mappings);
-    None when there are none."""
+    None when there are none.
+
+    Mappings are merged at their top level, so the fingerprint depends on what the features *are*, not on
+    what the files are called or where they live (the serving side's copy of ``features.yaml`` is usually
+    somewhere else); a key defined twice is an error, a file that is not a mapping is keyed by its name.
+    """
     content: dict[str, Any] = {}
+    origin: dict[str, str] = {}
     for source in sources:
         if isinstance(source, Mapping):
-            for key, value in source.items():
-                content[str(key)] = _canonical(value, str(key))
-            continue
-        path = Path(source)
-        if not path.is_absolute() and base is not None:
-            path = base / path
-        content[path.name] = _canonical(_load_file(path), path.name)
+            label, loaded = "inline features", dict(source)
+        else:
+            path = Path(source)
+            if not path.is_absolute() and base is not None:
+                path = base / path
+            label, parsed = str(path), _load_file(path)
+            loaded = dict(parsed) if isinstance(parsed, Mapping) else {path.name: parsed}
+        for key, value in loaded.items():
+            if str(key) in content:
+                raise ConfigError(
+                    "features", label, f"defines {str(key)!r} again (already in {origin[str(key)]})"
+                )
+            content[str(key)], origin[str(key)] = _canonical(value, str(key)), label
     if not content:
         return None
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -84,8 +96,7 @@ def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
 
 
 def differences(expected: Mapping[str, Any] | None, actual: Mapping[str, Any] | None) -> list[str]:
-    """Dotted keys whose values differ, with both values, e.g.
-    ``features.yaml.normalisation.price_std: 0.012 -> 0.015``."""
+    """Dotted keys whose values differ, with both values, e.g. ``normalisation.price_std: 0.012 -> 0.015``."""
     left: dict[str, Any] = {}
     right: dict[str, Any] = {}
     _flatten(dict(expected or {}), "", left)

@@ -23,7 +23,8 @@ from typing import Any, Self
 
 from trainguard import environment
 from trainguard import fingerprint as fp
-from trainguard._guard_parts import GuardParts, settings_to_overrides
+from trainguard._guard_parts import GuardParts
+from trainguard._guard_settings import settings_to_overrides
 from trainguard._stop import FINAL_CHECKPOINT, Stop, StopReason
 from trainguard.checkpoints import LoadedCheckpoint
 from trainguard.config import TrainguardConfig, load_config, parse_config

@@ -18,7 +18,7 @@ from trainguard.checkpoints._durable import StepFailed, fsync_dir, make_dir, mov
 from trainguard.checkpoints._layout import StagingName, staging_root
 from trainguard.checkpoints._quarantine import free_entry, quarantine_path
 from trainguard.checkpoints._tree import UnsupportedValue
-from trainguard.checkpoints.codecs import NonFiniteValues, validate_staged, write_state
+from trainguard.checkpoints.codecs import AdoptedFile, NonFiniteValues, validate_staged, write_state
 from trainguard.checkpoints.manifest import MANIFEST_FILE, Manifest
 from trainguard.errors import (
     CheckpointRejected,
@@ -48,6 +48,7 @@ class SaveRequest:
     code_hash: str | None = None
     config_hash: str | None = None
     features: dict[str, Any] | None = None
+    origin: dict[str, Any] | None = None
 
 
 def commit(store: CheckpointStore, request: SaveRequest) -> CheckpointRecord:
@@ -123,13 +124,14 @@ def _write_staged(
 ) -> tuple[Manifest, str]:
     try:
         # 3. files: written from the state's memory, hashed on the way, fsynced
-        files = write_state(request.state, staging, fmt=store.format, check_finite=store.check_finite)
+        fmt = "torch" if isinstance(request.state, AdoptedFile) else store.format
+        files = write_state(request.state, staging, fmt=fmt, check_finite=store.check_finite)
         manifest = Manifest(
             run=store.run,
             name=request.name,
             episode=request.episode,
             token=request.lease.token,
-            format=store.format,
+            format=fmt,
             files=tuple(files),
             parent=request.parent,
             fingerprint=request.fingerprint,
@@ -139,6 +141,7 @@ def _write_staged(
             code_hash=request.code_hash,
             config_hash=request.config_hash,
             features=request.features,
+            origin=request.origin,
         )
         # 4. validators: an independent decoder reads what was written, then the user's hooks
         if store.validate:

@@ -22,10 +22,14 @@ from trainguard.registry import CheckpointRecord
 
 class AsyncSaver:
     def __init__(
-        self, store: CheckpointStore, on_error: Callable[[BaseException], None] | None = None
+        self,
+        store: CheckpointStore,
+        on_error: Callable[[BaseException], None] | None = None,
+        on_done: Callable[[CheckpointRecord], None] | None = None,
     ) -> None:
         self.store = store
         self.on_error = on_error
+        self.on_done = on_done
         self.last_record: CheckpointRecord | None = None
         self._buffers: dict[str, Any] = {}
         self._thread: threading.Thread | None = None
@@ -57,6 +61,8 @@ class AsyncSaver:
     def _commit(self, snapshot: object, save_kwargs: dict[str, Any]) -> None:
         try:
             self.last_record = self.store.save(snapshot, **save_kwargs)
+            if self.on_done is not None:
+                self.on_done(self.last_record)
         except BaseException as error:  # surfaced by the next submit()/wait(), in the caller's thread
             self._error = error
             if self.on_error is not None:

@@ -46,6 +46,14 @@ class FileRecord:
         return {"path": self.path, "bytes": self.bytes, "hash": self.hash, "codec": self.codec}
 
 
+@dataclass(frozen=True)
+class AdoptedFile:
+    """A legacy ``.pth`` brought under the store byte for byte (never re-serialized: its hash is its own)."""
+
+    source: Path
+    data: bytes
+
+
 class NonFiniteValues(ValueError):
     def __init__(self, key: str, count: int) -> None:
         self.key = key
@@ -57,6 +65,9 @@ def write_state(
     state: object, directory: Path, *, fmt: str = "safetensors", check_finite: bool = True
 ) -> list[FileRecord]:
     """Write ``state`` into ``directory`` (durably: each file fsynced); returns the files with hashes."""
+    if isinstance(state, AdoptedFile):
+        size, digest = write_file(directory / TORCH_FILE, [(memoryview(state.data), None)])
+        return [FileRecord(TORCH_FILE, size, digest, "torch")]
     if fmt == "torch":
         return [_write_torch(state, directory / TORCH_FILE)]
     if fmt != "safetensors":
@@ -177,6 +188,11 @@ def _why(error: BaseException) -> str:
     return type(error).__name__
 
 
+def check_torch_file(data: Buffer, name: str, file: str) -> None:
+    """Raise CorruptCheckpoint/UnsafeCheckpoint unless ``torch.load(weights_only=True)`` accepts ``data``."""
+    _torch_load(data, name, file)
+
+
 def _torch_load(data: Buffer, name: str, file: str) -> Any:
     import torch
 
@@ -197,6 +213,7 @@ __all__ = [
     "TENSORS_FILE",
     "TORCH_FILE",
     "TREE_FILE",
+    "AdoptedFile",
     "FileRecord",
     "NonFiniteValues",
     "read_state",

@@ -35,6 +35,7 @@ class Manifest:
     code_hash: str | None = None
     config_hash: str | None = None
     features: dict[str, Any] | None = None  # canonical feature content behind ``fingerprint``
+    origin: dict[str, Any] | None = None  # e.g. {"adopted_from": path} for a legacy checkpoint
 
     @property
     def total_bytes(self) -> int:
@@ -61,6 +62,7 @@ class Manifest:
             "code_hash": self.code_hash,
             "config_hash": self.config_hash,
             "features": self.features,
+            "origin": self.origin,
         }
         return json.dumps(body, indent=2, sort_keys=True, default=_jsonable).encode() + b"\n"
 
@@ -100,6 +102,7 @@ class Manifest:
                 code_hash=body.get("code_hash"),
                 config_hash=body.get("config_hash"),
                 features=body.get("features"),
+                origin=body.get("origin"),
             )
         except (KeyError, TypeError) as error:
             raise ValueError(f"missing or malformed field: {error}") from error

@@ -128,6 +128,7 @@ class CheckpointStore:
         code_hash: str | None = None,
         config_hash: str | None = None,
         features: dict[str, Any] | None = None,
+        origin: dict[str, Any] | None = None,
     ) -> CheckpointRecord:
         """Commit ``state`` as a checkpoint of ``episode`` under ``lease`` (design section 4).
 
@@ -155,6 +156,7 @@ class CheckpointStore:
             code_hash=code_hash,
             config_hash=config_hash,
             features=features,
+            origin=origin,
         )
         record = commit(self, request)
         self._last_saved = record.name

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Sequence
 
 from trainguard import __version__
-from trainguard.cli import budget, ckpt, config_cmd, run_cmd, status, supervise_cmds
+from trainguard.cli import budget, ckpt, config_cmd, integrity, run_cmd, status, supervise_cmds
 from trainguard.cli._common import ArgumentParser, err
 from trainguard.errors import TrainguardError
 
@@ -24,12 +25,28 @@ def build_parser() -> ArgumentParser:
     supervise_cmds.register(commands)
     budget.register(commands)
     ckpt.register(commands)
+    integrity.register(commands)
     config_cmd.register(commands)
     return parser
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """argparse cannot take an optional positional *after* options (``promote RUN -c CONFIG CKPT``,
+    bpo-15112); such leftovers go to the command's trailing CKPT argument(s), anything else is an error."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras and not any(e.startswith("-") for e in extras):
+        if getattr(args, "name", False) is None and len(extras) == 1:
+            args.name, extras = extras[0], []
+        elif isinstance(getattr(args, "names", None), list):
+            args.names, extras = [*args.names, *extras], []
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     try:
         return int(args.handler(args))
     except TrainguardError as error:

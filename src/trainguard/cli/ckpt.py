@@ -43,12 +43,31 @@ def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
         parser.set_defaults(handler=cmd_pin, pinned=action == "pin")
 
     quarantine = sub.add_parser(
-        "quarantine", help="move a checkpoint aside with a reason (nothing is deleted)"
+        "quarantine", help="move checkpoints aside with a reason (nothing is deleted)"
     )
     add_location_args(quarantine)
-    quarantine.add_argument("name", metavar="CKPT")
+    quarantine.add_argument("name", nargs="?", metavar="CKPT")
+    quarantine.add_argument(
+        "--after-episode", type=int, metavar="N", help="every committed checkpoint after N"
+    )
     reason_arg(quarantine, required=True)
     quarantine.set_defaults(handler=cmd_quarantine)
+
+    adopt = sub.add_parser(
+        "adopt", help="bring legacy checkpoint files under the store (loaded safely first)"
+    )
+    add_location_args(adopt, json_flag=True)
+    adopt.add_argument("directory", metavar="DIR")
+    adopt.add_argument(
+        "--pattern",
+        default=r"checkpoint_ep(?P<episode>\d+)\.pth",
+        metavar="REGEX",
+        help=r"file names with a named group, default 'checkpoint_ep(?P<episode>\d+)\.pth'",
+    )
+    adopt.add_argument(
+        "--features", action="append", metavar="FILE", help="the features they were trained on"
+    )
+    adopt.set_defaults(handler=cmd_adopt)
 
     release = sub.add_parser("release", help="bring a quarantined checkpoint back (after verifying it)")
     add_location_args(release)
@@ -139,10 +158,59 @@ def cmd_pin(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
+    if (args.name is None) == (args.after_episode is None):
+        raise ConfigError("CKPT", args.name, "give either a checkpoint name or --after-episode N")
     with open_store(locate(args)) as store:
-        record = store.quarantine(args.name, reason=args.reason)
-    out().print(f"quarantined {record.name} (episode {record.episode}): {args.reason} - nothing was deleted")
+        if args.name is not None:
+            records = [store.record(args.name)]
+        else:
+            records = [r for r in store.list() if r.episode > args.after_episode]
+        live = store.registry.live_pointer(store.run)
+        for record in records:
+            store.quarantine(record.name, reason=args.reason)
+    console = out()
+    for record in records:
+        console.print(f"quarantined {record.name} (episode {record.episode}): {args.reason}")
+        if record.name == live:
+            console.print(
+                f"warning: {record.name} was the live checkpoint; serving now refuses it until you "
+                "promote or roll back"
+            )
+    console.print(f"{len(records)} checkpoint(s) moved aside; nothing was deleted")
     return 0
+
+
+def cmd_adopt(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from trainguard import fingerprint as fp
+    from trainguard.checkpoints.adopt import adopt_directory
+
+    directory = Path(args.directory)
+    if not directory.is_dir():
+        raise ConfigError("DIR", args.directory, "is not a directory")
+    location = locate(args)
+    features = fp.compute(args.features) if args.features else None
+    location.store.mkdir(parents=True, exist_ok=True)
+    with CheckpointStore(location.store, run=location.run, registry=location.registry_url) as store:
+        ttl = location.config.monitoring.lease_ttl if location.config else 30.0
+        with store.registry.acquire(location.run, ttl=ttl, reason="ckpt adopt") as lease:
+            try:
+                report = adopt_directory(store, directory, args.pattern, lease, features)
+            except ValueError as error:
+                raise ConfigError("--pattern", args.pattern, str(error)) from None
+    if args.json:
+        print_json({"run": location.run, **report.as_dict()})
+    else:
+        console = out()
+        for file, name in report.adopted:
+            console.print(f"adopted  {file} -> {name}")
+        for file, reason in report.refused:
+            console.print(f"REFUSED  {file}: {reason}", markup=False)
+        console.print(
+            f"{len(report.adopted)} adopted, {len(report.refused)} refused; the originals were only read"
+        )
+    return 1 if report.refused else 0
 
 
 def cmd_release(args: argparse.Namespace) -> int:

@@ -140,6 +140,8 @@ def _print_findings(result: StoreFindings) -> None:
         console.print(f"  unregistered directory (no committed row): {name}", markup=False)
     for name in result.dead_staging:
         console.print(f"  staging left by a dead writer: {name}", markup=False)
+    for problem in result.problems:
+        console.print(f"  {problem}", markup=False)
 
 
 def cmd_scan(args: argparse.Namespace) -> int:

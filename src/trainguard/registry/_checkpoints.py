@@ -107,13 +107,14 @@ class CheckpointOps(LeaseOps):
         with self.reading() as conn:
             return [CheckpointRecord.from_row(r) for r in conn.execute(query).all()]
 
-    def checkpoint_names(self) -> dict[str, set[str]]:
-        """Every run's checkpoint names (any state) in one query."""
-        names: dict[str, set[str]] = {}
+    def checkpoint_states(self) -> dict[str, dict[str, str]]:
+        """Every run's checkpoints (name -> state) in one query."""
+        states: dict[str, dict[str, str]] = {}
         with self.reading() as conn:
-            for run, name in conn.execute(select(t.checkpoints.c.run, t.checkpoints.c.name)).all():
-                names.setdefault(run, set()).add(name)
-        return names
+            query = select(t.checkpoints.c.run, t.checkpoints.c.name, t.checkpoints.c.state)
+            for run, name, state in conn.execute(query).all():
+                states.setdefault(run, {})[name] = state
+        return states
 
     def set_checkpoint_state(
         self,
@@ -186,6 +187,11 @@ class CheckpointOps(LeaseOps):
         return self.checkpoint(run, name)
 
     # -- live pointers ----------------------------------------------------------------------------
+
+    def live_pointers(self) -> dict[str, str]:
+        with self.reading() as conn:
+            rows = conn.execute(select(t.live_pointers.c.run, t.live_pointers.c.checkpoint)).tuples().all()
+        return dict(rows)
 
     def live_pointer(self, run: str) -> str | None:
         with self.reading() as conn:

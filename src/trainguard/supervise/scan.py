@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 
 from trainguard.checkpoints._layout import RESERVED, STAGING, StagingName
+from trainguard.checkpoints.store import CheckpointStore
 from trainguard.registry import Registry, RunRecord
 from trainguard.supervise.procs import Evidence, describe
 from trainguard.supervise.snapshot import Snapshot
@@ -42,10 +43,13 @@ class StoreFindings:
     unregistered: list[str] = field(default_factory=list)
     dead_staging: list[str] = field(default_factory=list)
     fenced_attempts: int = 0
+    problems: list[str] = field(default_factory=list)  # live pointer, budget
 
     @property
     def anything(self) -> bool:
-        return bool(self.suspects or self.unregistered or self.dead_staging)
+        return bool(
+            self.suspects or self.unregistered or self.dead_staging or self.problems or self.fenced_attempts
+        )
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -113,7 +117,9 @@ def scan_run(snapshot: Snapshot, run: RunRecord) -> StoreFindings:
             continue
         why = f"its commit with stale token {event.token} was refused ({event.reason})"
         findings.suspects.append(Suspect(run.name, evidence, why, killable=True))
-    committed = snapshot.checkpoint_names.get(run.name, set())
+    states = snapshot.checkpoint_states.get(run.name, {})
+    findings.problems.extend(_run_problems(snapshot, run, states))
+    committed = set(states)
     # scandir: the directory type comes with the entry, no stat per checkpoint (a sweep lists every store).
     with os.scandir(store) as entries:
         for entry in entries:
@@ -131,9 +137,37 @@ def scan_run(snapshot: Snapshot, run: RunRecord) -> StoreFindings:
     return findings
 
 
+def _run_problems(snapshot: Snapshot, run: RunRecord, states: dict[str, str]) -> list[str]:
+    problems = []
+    live = snapshot.live.get(run.name)
+    if live is not None and states.get(live) != "committed":
+        problems.append(
+            f"the live pointer is on {live}, which is {states.get(live, 'missing')}: serving refuses it"
+        )
+    limits = run.limits
+    if limits.get("max_episodes") is not None and run.episodes_spent > limits["max_episodes"]:
+        problems.append(f"over budget: {run.episodes_spent} episodes spent of {limits['max_episodes']}")
+    if limits.get("max_runtime") is not None and run.runtime_spent > limits["max_runtime"] + 2 * limits.get(
+        "heartbeat_interval", 5.0
+    ):
+        problems.append(f"over budget: runtime {run.runtime_spent:.0f}s of {limits['max_runtime']:g}s")
+    return problems
+
+
 def scan_store(registry: Registry, run: RunRecord) -> StoreFindings:
-    """One run's store, on its own (``trainguard incident scan``)."""
-    return scan_run(Snapshot.take(registry, runs=[run]), run)
+    """One run's store, on its own (``trainguard incident scan``); also verifies the live checkpoint."""
+    findings = scan_run(Snapshot.take(registry, runs=[run]), run)
+    live = registry.live_pointer(run.name)
+    record = registry.find_checkpoint(run.name, live) if live else None
+    if record is not None and record.state == "committed" and run.store:
+        with CheckpointStore(run.store, run=run.name, registry=registry, recover_on_open=False) as store:
+            report = store.verify(record.name)
+        if not report.ok:
+            problem = report.problems[0]
+            findings.problems.append(
+                f"the live checkpoint {live} fails its integrity gate: {problem.file}: {problem.reason}"
+            )
+    return findings
 
 
 __all__ = ["StoreFindings", "Suspect", "owners", "scan_run", "scan_store"]

@@ -29,7 +29,8 @@ class Snapshot:
     leases: dict[str, LeaseInfo]
     heartbeats: dict[str, dict[str, Any]]
     processes: list[ProcessRecord]
-    checkpoint_names: dict[str, set[str]]
+    checkpoint_states: dict[str, dict[str, str]]
+    live: dict[str, str]
     refused: list[EventRecord]  # commit refusals within FENCED_WINDOW
     marked: list[Evidence]
     holders: list[Evidence]  # processes holding files (or their cwd) under any store
@@ -51,7 +52,8 @@ class Snapshot:
             leases=registry.leases(),
             heartbeats=registry.heartbeats(),
             processes=registry.processes(),
-            checkpoint_names=registry.checkpoint_names(),
+            checkpoint_states=registry.checkpoint_states(),
+            live=registry.live_pointers(),
             refused=registry.events(kinds=["commit_refused"], since=now - FENCED_WINDOW),
             marked=marked_processes() if proc else [],
             holders=holders_under(stores, ignore=registries, resolved=True) if proc and stores else [],

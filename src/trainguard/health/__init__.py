@@ -1,0 +1,1 @@
+"""Promotion gates and the live pointer (design section 3.5)."""

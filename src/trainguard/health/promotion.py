@@ -1,0 +1,174 @@
+"""Assessing checkpoints against the gates and moving the live pointer (promote, rollback)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainguard import fingerprint as fp
+from trainguard.checkpoints import CheckpointStore, LoadedCheckpoint
+from trainguard.config import BestMetric, Gates
+from trainguard.errors import ConfigError, CorruptCheckpoint
+from trainguard.health import gates
+from trainguard.registry import CheckpointRecord
+
+# An evaluator gets the loaded checkpoint and returns {"metrics": {...}, "actions": {...}} from held-out data.
+Evaluator = Callable[[LoadedCheckpoint], Mapping[str, Any]]
+
+
+def load_evaluator(spec: str | None) -> Evaluator | None:
+    if not spec:
+        return None
+    module_name, _, function = spec.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in function.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError("gates.evaluator", spec, f"cannot be imported: {error}") from None
+    if not callable(target):
+        raise ConfigError("gates.evaluator", spec, "is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+@dataclass
+class Assessment:
+    record: CheckpointRecord
+    verdicts: list[gates.Verdict] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)  # recorded, overridden by the evaluator's
+    actions: dict[str, int] | None = None
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.verdicts) and all(v.passed for v in self.verdicts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.record.name,
+            "episode": self.record.episode,
+            "passed": self.passed,
+            "verdicts": [v.as_dict() for v in self.verdicts],
+            "metrics": self.metrics,
+            "actions": self.actions,
+        }
+
+
+class Promoter:
+    def __init__(
+        self,
+        store: CheckpointStore,
+        settings: Gates,
+        *,
+        best_metric: BestMetric | None = None,
+        live_features: fp.Fingerprint | None = None,
+        live_declared: bool | None = None,
+    ) -> None:
+        self.store = store
+        self.registry = store.registry
+        self.run = store.run
+        self.settings = settings
+        self.best_metric = best_metric
+        self.live_features = live_features
+        self.live_declared = live_features is not None if live_declared is None else live_declared
+        self.evaluator = load_evaluator(settings.evaluator)
+        commits = self.registry.events(self.run, kinds=["checkpoint_committed"])
+        # Every commit decision was taken under the run lock with the then-current token; the event is the
+        # witness that this row came from that path (and not, say, an edited database).
+        self._committed = {(e.checkpoint, e.token) for e in commits}
+
+    def _live_metrics(self) -> dict[str, Any] | None:
+        live = self.registry.live_pointer(self.run)
+        if live is None:
+            return None
+        record = self.registry.find_checkpoint(self.run, live)
+        return dict(record.metrics) if record is not None else None
+
+    def assess(self, record: CheckpointRecord, *, decisions: bool = True) -> Assessment:
+        """Every gate's verdict (``decisions=False``: integrity and features only, as for a rollback)."""
+        assessment = Assessment(record, metrics=dict(record.metrics))
+        problems = []
+        if record.state != "evicted":
+            problems = [f"{p.file}: {p.reason}" for p in self.store.verify(record.name).problems]
+        assessment.verdicts.append(
+            gates.integrity(record.state, problems, (record.name, record.token) in self._committed)
+        )
+        if not assessment.verdicts[0].passed:
+            return assessment
+        manifest = self.store.manifest(record.name)
+        differences = fp.differences(
+            manifest.features, self.live_features.content if self.live_features else None
+        )
+        assessment.verdicts.append(
+            gates.features(
+                manifest.fingerprint,
+                self.live_features.digest if self.live_features else None,
+                differences,
+                live_declared=self.live_declared,
+            )
+        )
+        if not decisions or not assessment.verdicts[-1].passed:
+            return assessment
+        recorded = record.metrics.get("actions")
+        assessment.actions = dict(recorded) if isinstance(recorded, Mapping) else None
+        if self.evaluator is not None:
+            try:
+                result = self.evaluator(self.store.load(record.name))
+            except CorruptCheckpoint as error:
+                assessment.verdicts.append(gates.Verdict("evaluator", False, str(error)))
+                return assessment
+            assessment.metrics.update(dict(result.get("metrics") or {}))
+            if result.get("actions") is not None:
+                assessment.actions = {str(k): int(v) for k, v in dict(result["actions"]).items()}
+        s = self.settings
+        assessment.verdicts.append(
+            gates.decision_health(
+                assessment.actions,
+                max_action_share=s.max_action_share,
+                min_action_entropy=s.min_action_entropy,
+                min_decisions=s.min_decisions,
+            )
+        )
+        assessment.verdicts.append(gates.metrics(assessment.metrics, s.metrics))
+        modes = {self.best_metric.name: self.best_metric.mode} if self.best_metric else {}
+        assessment.verdicts.append(
+            gates.no_worse_than_live(assessment.metrics, self._live_metrics(), s.no_worse_than_live, modes)
+        )
+        return assessment
+
+    def assess_all(self, names: list[str] | None = None) -> list[Assessment]:
+        records = self.store.list() if names is None else [self.store.record(n) for n in names]
+        return [self.assess(r) for r in records]
+
+    def choose(self, assessments: list[Assessment]) -> Assessment | None:
+        """The best passing candidate by the configured metric (ties and no metric: the newest)."""
+        passing = [a for a in assessments if a.passed]
+        if not passing:
+            return None
+        metric = self.best_metric
+        if metric is None:
+            return max(passing, key=lambda a: (a.record.episode, a.record.id or 0))
+
+        def score(a: Assessment) -> tuple[float, int, int]:
+            value = a.metrics.get(metric.name)
+            number = float(value) if isinstance(value, int | float) else float("-inf")
+            number = number if metric.mode == "max" else -number
+            return (number, a.record.episode, a.record.id or 0)
+
+        return max(passing, key=score)
+
+    def move_live(self, assessment: Assessment, *, reason: str, kind: str = "promote") -> None:
+        self.registry.set_live_pointer(
+            self.run,
+            assessment.record.name,
+            reason=f"{kind}: {reason}",
+            detail={
+                "verdicts": [v.as_dict() for v in assessment.verdicts],
+                "metrics": assessment.metrics,
+                "actions": assessment.actions,
+            },
+        )
+
+
+__all__ = ["Assessment", "Evaluator", "Promoter", "load_evaluator"]
