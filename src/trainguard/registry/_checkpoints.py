@@ -190,8 +190,8 @@ class CheckpointOps(LeaseOps):
 
     def live_pointers(self) -> dict[str, str]:
         with self.reading() as conn:
-            rows = conn.execute(select(t.live_pointers.c.run, t.live_pointers.c.checkpoint)).tuples().all()
-        return dict(rows)
+            rows = conn.execute(select(t.live_pointers.c.run, t.live_pointers.c.checkpoint)).all()
+        return {str(run): str(checkpoint) for run, checkpoint in rows}
 
     def live_pointer(self, run: str) -> str | None:
         with self.reading() as conn:
