@@ -6,18 +6,26 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint unit stress bench clean
+.PHONY: demo incident test lint unit stress bench clean
+
+# The main job: a EUR/USD agent trained under every guard (about two minutes on two cores).
+demo: $(STAMP)
+	$(BIN)/python -m examples.swt.demo
+
+# The incident drill: a rogue trainer with a stale token and changed features, and every defence.
+incident: $(STAMP)
+	$(BIN)/python -m examples.swt.incident_drill
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,torch,postgres]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,torch,postgres,report,demo]'
 	touch $(STAMP)
 
 test: lint unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks stress
-	$(BIN)/ruff format --check src tests benchmarks stress
+	$(BIN)/ruff check src tests benchmarks stress examples
+	$(BIN)/ruff format --check src tests benchmarks stress examples
 	$(BIN)/mypy
 
 unit: $(STAMP)

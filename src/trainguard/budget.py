@@ -80,10 +80,12 @@ class Runtime:
     spent_before: float
     clock: Callable[[], float] = time.monotonic
     started: float = field(init=False)
+    started_wall: float = field(init=False)
     charged: float = field(init=False, default=0.0)  # what this process has charged the registry so far
 
     def __post_init__(self) -> None:
         self.started = self.clock()
+        self.started_wall = time.time()
 
     def elapsed(self) -> float:
         return self.clock() - self.started

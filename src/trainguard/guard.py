@@ -174,6 +174,24 @@ class Guard:
         finally:
             self._in_episode_loop = False
 
+    def complete_episode(self) -> bool:
+        """Count one finished episode, for loops the Guard does not drive (an SB3 callback, vectorised
+        envs). False when no further episode may start: the budget is spent (that stop lets
+        ``should_checkpoint`` ask for a final checkpoint) or another stop was requested."""
+        parts = self._require_parts()
+        episode = (self.episode if self.episode is not None else self._default_start(parts) - 1) + 1
+        if self.stop is not None and not self.stop.graceful:
+            return False
+        if not parts.begin_episode(self, episode):
+            return False
+        self.episode = episode
+        parts.end_episode(self)
+        if not parts.episodes.allows(1):
+            self.request_stop(
+                StopReason.EPISODES, f"{parts.episodes.spent} of {parts.episodes.limit} episodes spent"
+            )
+        return self.stop is None
+
     def tick(self, steps: int = 1) -> bool:
         """Count ``steps``; False when the loop must stop now. Hot path: an add and one comparison."""
         self.steps += steps
@@ -223,9 +241,9 @@ class Guard:
         if self.stop is not None:
             return self.stop.reason in FINAL_CHECKPOINT
         parts = self.parts
-        return parts is not None and not parts.episodes.allows(
-            2
-        )  # this is the last episode the budget allows
+        # An episode still in progress (the episodes() loop asks before it is counted) that is the last one
+        # the budget allows; a counted one (complete_episode) has already requested the budget stop above.
+        return parts is not None and episode > parts.episodes.spent and not parts.episodes.allows(2)
 
     def save(
         self, state: object, *, metrics: Mapping[str, Any] | None = None, episode: int | None = None

@@ -42,6 +42,12 @@ def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
     scan.add_argument("--json", action="store_true")
     scan.set_defaults(handler=cmd_scan)
 
+    report = commands.add_parser("report", help="a self-contained HTML report with plots of a run")
+    report.add_argument("run", metavar="RUN")
+    add_registry_args(report)
+    report.add_argument("-o", "--output", required=True, metavar="FILE.html")
+    report.set_defaults(handler=cmd_report)
+
 
 def watchdog_alive(registry: Registry) -> bool:
     now = time.time()
@@ -76,6 +82,19 @@ def run_status(registry: Registry, run: RunRecord) -> dict[str, Any]:
         "last_checkpoint": committed[-1].name if committed else None,
         "live_checkpoint": registry.live_pointer(run.name),
     }
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from trainguard.report import build_report
+
+    name = validate_name(args.run, "run")
+    with Registry.open(registry_url(args)) as registry:
+        page = build_report(registry, name)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(page)
+    out().print(f"report: {output.resolve()} ({len(page) // 1024} kB, self-contained)")
+    return 0
 
 
 def _limit(seconds: float | None) -> str:

@@ -197,10 +197,8 @@ class Launcher:
             leftovers = self._kill_leftovers(lease.token)
             if leftovers is not None and ladder is None:
                 ladder = leftovers
-            if self.progress.legacy and self.progress.charged:
-                registry.charge(
-                    self.run, runtime=runtime.elapsed() - self.progress.charged
-                )  # refund the prepay
+            if self.progress.legacy and self.progress.charged:  # settle the prepay: charge what was spent
+                registry.charge(self.run, runtime=runtime.elapsed() - self.progress.charged)
             for process_id in ids:
                 registry.end_process(process_id)
         return self._finish(registry, lease, status, ladder, seen)
@@ -265,7 +263,14 @@ class Launcher:
                 self._stop("lease_lost", "registry unreachable for longer than the lease ttl")
         # Until a Guard inside the child registers, the launcher accounts for the run (a legacy script
         # never will): runtime charged ahead, episodes from the files it writes, heartbeats for the watchdog.
-        progress.legacy = not any(p.role == "guard" for p in registry.processes(self.run, token=lease.token))
+        guards = [p for p in registry.processes(self.run, token=lease.token) if p.role == "guard"]
+        if guards and progress.legacy:
+            # A Guard took over the accounting: settle what the launcher charged to the moment it registered
+            # (its prepay would otherwise be counted on top of the Guard's own).
+            accountable = max(0.0, guards[0].registered_at - runtime.started_wall)
+            registry.charge(self.run, runtime=accountable - progress.charged)
+            progress.charged = accountable
+        progress.legacy = not guards
         if progress.legacy:
             due = runtime.elapsed() + 2 * progress.beat_every - progress.charged
             registry.charge(self.run, runtime=due)

@@ -1,0 +1,1 @@
+"""Bindings to training libraries (optional dependencies, imported only when used)."""

@@ -1,0 +1,107 @@
+"""Stable-Baselines3: a callback that puts ``model.learn()`` under a Guard.
+
+    with tg.Guard.from_config("guard.yaml") as guard:
+        model = PPO("MlpPolicy", env)
+        resume(model, guard)                                  # weights, optimizer, timesteps if any
+        model.learn(10**9, callback=GuardCallback(guard, action_names=["HOLD", "BUY", "SELL", "CLOSE"]))
+
+The checkpoint is the policy's and the optimizer's ``state_dict`` through the fenced store - never SB3's
+pickle zip, which ``PPO.load`` would unpickle.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+
+from trainguard.checkpoints import LoadedCheckpoint
+from trainguard.guard import Guard
+
+
+def state_of(model: BaseAlgorithm) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "policy": model.policy.state_dict(),
+        "progress": {"num_timesteps": model.num_timesteps},
+    }
+    optimizer = getattr(model.policy, "optimizer", None)
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    return state
+
+
+def restore(model: BaseAlgorithm, checkpoint: LoadedCheckpoint) -> None:
+    state = checkpoint.state
+    model.policy.load_state_dict(state["policy"])
+    optimizer = getattr(model.policy, "optimizer", None)
+    if optimizer is not None and "optimizer" in state:
+        optimizer.load_state_dict(state["optimizer"])
+    model.num_timesteps = int(state.get("progress", {}).get("num_timesteps", 0))
+
+
+def resume(model: BaseAlgorithm, guard: Guard) -> LoadedCheckpoint | None:
+    """Restore ``model`` from the guard's newest verified, feature-matched checkpoint (None: a new run)."""
+    loaded = guard.resume()
+    if loaded is not None:
+        restore(model, loaded)
+    return loaded
+
+
+class GuardCallback(BaseCallback):
+    """Counts finished episodes across vectorised envs, ends ``learn()`` when the Guard says stop, saves on
+    the Guard's cadence, and reports the actions taken (named by ``action_names``) as the decision
+    histogram."""
+
+    def __init__(self, guard: Guard, *, action_names: Sequence[str] | None = None, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.guard = guard
+        self.action_names = list(action_names) if action_names is not None else None
+        self.rewards: list[float] = []  # episode returns since the last checkpoint
+        self.time_in_guard = 0.0  # seconds spent in trainguard calls, for the demo's overhead figure
+
+    def _on_step(self) -> bool:
+        started = time.perf_counter()
+        try:
+            return self._step()
+        finally:
+            self.time_in_guard += time.perf_counter() - started
+
+    def _step(self) -> bool:
+        guard = self.guard
+        keep_going = guard.tick(self.training_env.num_envs if self.training_env is not None else 1)
+        actions = self.locals.get("actions")
+        if actions is not None:
+            flat = np.asarray(actions).reshape(-1)
+            names = self.action_names
+            guard.report(actions=[names[int(a)] if names else str(int(a)) for a in flat])
+        dones = self.locals.get("dones")
+        infos = self.locals.get("infos") or []
+        for index, done in enumerate(np.asarray(dones).reshape(-1) if dones is not None else []):
+            if not done:
+                continue
+            episode_info = infos[index].get("episode") if index < len(infos) else None
+            if episode_info is not None:
+                self.rewards.append(float(episode_info["r"]))
+            more = guard.complete_episode()
+            if guard.should_checkpoint(guard.episode):
+                self.save()
+            if not more:
+                return False
+        if guard.stop is not None and not guard.stop.graceful:
+            return False
+        return keep_going or (guard.stop is not None and guard.stop.graceful)
+
+    def save(self) -> None:
+        metrics: dict[str, Any] = {"timesteps": int(self.model.num_timesteps)}
+        if self.rewards:
+            metrics["reward"] = float(np.mean(self.rewards))
+            metrics["episodes_since_checkpoint"] = len(self.rewards)
+        self.guard.save(state_of(self.model), metrics=metrics)
+        self.rewards.clear()
+
+
+__all__ = ["GuardCallback", "restore", "resume", "state_of"]
