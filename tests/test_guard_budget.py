@@ -54,7 +54,9 @@ def test_a_killed_process_never_hands_budget_back(tmp_path: Path) -> None:
         assert proc.stdout is not None
         seen = 0
         while seen < 10:
-            seen += proc.stdout.readline().startswith("episode ")
+            line = proc.stdout.readline()
+            assert line, "the worker ended early"
+            seen += line.startswith("episode ")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     with _registry(tmp_path) as registry:

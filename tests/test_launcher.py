@@ -84,12 +84,15 @@ def test_legacy_script_is_stopped_when_the_first_file_beyond_the_budget_appears(
 def test_the_guard_inside_adopts_the_launchers_lease_and_sigterm_is_forwarded(tmp_path: Path) -> None:
     config = write_config(tmp_path, "adopted")
     command = _run(
-        "-c", str(config), "--", *helper_command("guard_worker.py", str(config), "--episode-seconds", "0.3")
+        "-c",
+        str(config),
+        "--",
+        *helper_command("guard_worker.py", str(config), "--episode-seconds", "0.3", "--linger", "1"),
     )
     with spawned(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as launcher:
         assert launcher.stdout is not None
-        while not launcher.stdout.readline().startswith("episode 2"):
-            pass
+        while not (line := launcher.stdout.readline()).startswith("episode 2"):
+            assert line, f"the launcher ended early: {launcher.stderr.read() if launcher.stderr else ''}"
         launcher.send_signal(signal.SIGTERM)
         stdout, stderr = launcher.communicate(timeout=60)
     assert launcher.returncode == 0, stderr  # the child finished its episode, checkpointed, exited 0
@@ -100,7 +103,12 @@ def test_the_guard_inside_adopts_the_launchers_lease_and_sigterm_is_forwarded(tm
         started = next(e for e in events if e.kind == "guard_started")
         assert len(acquired) == 1 and started.detail["adopted"] and started.token == acquired[0].token
         assert [r.episode for r in registry.checkpoints("adopted")] == [2]
-        assert next(e for e in events if e.kind == "launcher_exited").detail["reason"] == "signal"
+        exited = next(e for e in events if e.kind == "launcher_exited")
+        assert exited.detail["reason"] == "signal"
+        # Runtime is charged once: by the launcher until the Guard registered, by the Guard after that.
+        launched = next(e for e in events if e.kind == "launcher_started")
+        spent = registry.run_info("adopted").runtime_spent  # type: ignore[union-attr]
+        assert spent <= exited.at - launched.at + 0.5
 
 
 def test_the_launcher_enforces_runtime_on_a_runaway(tmp_path: Path) -> None:
@@ -146,3 +154,29 @@ def test_a_sigkilled_launcher_leaves_no_survivors_after_one_sweep(tmp_path: Path
             for pid, start in tree:  # only if the test failed: never leave them running
                 if is_same_process_alive(pid, start):
                     os.kill(pid, signal.SIGKILL)
+
+
+def test_runtime_is_charged_once_when_a_guard_takes_over_the_accounting(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "once", monitoring={"heartbeat_interval": "0.1s", "lease_ttl": "1s"})
+    # The child lingers after its Guard exited (a trainer tearing down): the launcher, still watching, must
+    # not take the accounting back and charge the whole run again.
+    worker = helper_command(
+        "guard_worker.py",
+        str(config),
+        "--episode-seconds",
+        "0.2",
+        "--episodes-per-run",
+        "3",
+        "--linger",
+        "1.5",
+    )
+    done = subprocess.run(
+        _run("-c", str(config), "--", *worker), capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    with Registry.open(_url(tmp_path)) as registry:
+        events = registry.events("once")
+        launched = next(e for e in events if e.kind == "launcher_started")
+        guard_stopped = next(e for e in events if e.kind == "guard_stopped")
+        spent = registry.run_info("once").runtime_spent  # type: ignore[union-attr]
+    assert spent <= guard_stopped.at - launched.at + 0.5

@@ -29,8 +29,8 @@ def _worker(tmp_path: Path, run: str) -> tuple[Path, list[str]]:
 
 def _started(proc: subprocess.Popen[str]) -> None:
     assert proc.stdout is not None
-    while not proc.stdout.readline().startswith("started"):
-        pass
+    while not (line := proc.stdout.readline()).startswith("started"):
+        assert line, "the worker ended before it started"
 
 
 def test_status_ps_and_stop(tmp_path: Path) -> None:

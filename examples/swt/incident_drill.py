@@ -48,21 +48,30 @@ def _config(store: Path, run: str, every: int) -> Path:
     body.update(run=run, store=str(store), features=[str(HERE / "features.yaml")])
     body["checkpoints"].update(every_episodes=every, keep_last=50)
     body["watchdog"].update(interval="1s", grace="3s", rogue_action="kill")
-    body["gates"]["min_decisions"] = 0
-    body["gates"]["metrics"] = {}
+    # The drill is about fencing, not about model quality: the operator names the last good checkpoint.
+    body["gates"].update(min_decisions=0, metrics={}, max_action_share=1.0)
     target = store.parent / f".{run}.drill.yaml"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(yaml.safe_dump(body))
     return target
 
 
-def _checkpoint_files(store: Path) -> int:
+def _checkpoint_files(store: Path, names: set[str]) -> int:
+    """Files of the named checkpoints, wherever they are now (in place, or moved to quarantine)."""
     count = 0
-    for directory, subdirectories, files in os.walk(store):
-        if Path(directory) == store:
-            subdirectories[:] = [d for d in subdirectories if d not in (".trainguard", ".staging", ".trash")]
-        count += sum(1 for f in files if not f.endswith(".reason.json"))
+    for name in names:
+        for directory in (store / name, store / ".quarantine" / name):
+            if directory.is_dir():
+                count += sum(1 for entry in directory.iterdir() if entry.is_file())
     return count
+
+
+def _evidence(store: Path) -> int:
+    """Refused attempts kept in quarantine (their manifests name the writer)."""
+    quarantine = store / ".quarantine"
+    if not quarantine.is_dir():
+        return 0
+    return sum(1 for entry in quarantine.glob("*.reason.json") if '"fenced"' in entry.read_text())
 
 
 @dataclass
@@ -210,7 +219,7 @@ def main() -> int:
         live_before = registry.live_pointer(drill.run)
         committed_before = {r.name for r in registry.checkpoints(drill.run)}
         old_token = max(e.token for e in registry.events(drill.run, kinds=["lease_acquired"]) if e.token)
-    files_before = _checkpoint_files(store)
+    files_before = _checkpoint_files(store, committed_before)
     with live.LiveModel(
         drill.run, registry=drill.url, features=HERE / "features.yaml", poll_interval=0.25
     ) as serving:
@@ -245,7 +254,8 @@ def main() -> int:
         commits_refused=len(refused),
         checkpoints_lost=len(lost),
         checkpoint_files_before=files_before,
-        checkpoint_files_after=_checkpoint_files(store),
+        checkpoint_files_after=_checkpoint_files(store, committed_before),
+        refused_attempts_kept_as_evidence=_evidence(store),
         quarantined_by_recover=recovery.get("quarantined", []),
         live_before=live_before,
         live_after=live_after,

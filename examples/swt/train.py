@@ -35,6 +35,7 @@ def main() -> int:
         if restored is not None:
             print(f"resumed from {restored.name} (episode {restored.episode})", flush=True)
         callback = GuardCallback(guard, action_names=spec.actions)
+        monitor = guard.parts.monitor if guard.parts else None
         model.learn(
             total_timesteps=10**12,
             callback=callback,
@@ -50,6 +51,12 @@ def main() -> int:
         f"({100 * callback.time_in_guard / wall:.1f}%)",
         flush=True,
     )
+    if monitor is not None:
+        print(
+            f"time in the guard's monitor thread (heartbeats, renewals, sampling): "
+            f"{monitor.busy_seconds:.2f}s ({100 * monitor.busy_seconds / wall:.1f}%, on another thread)",
+            flush=True,
+        )
     return 0
 
 

@@ -83,6 +83,7 @@ class Monitor:
         self._deadline_reached = deadline_reached
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="trainguard-monitor", daemon=True)
+        self.busy_seconds = 0.0  # wall time spent in beats and samples (the demo reports its share)
 
     def start(self) -> None:
         self._thread.start()
@@ -115,13 +116,15 @@ class Monitor:
                 next_beat = now + self.cadence.beat
                 self._guarded(self._beat)
 
-    @staticmethod
-    def _guarded(action: Callable[[], None]) -> None:
+    def _guarded(self, action: Callable[[], None]) -> None:
         # The thread must outlive any one failure (a registry hiccup): self-fencing depends on it running.
+        started = time.perf_counter()
         try:
             action()
         except Exception:
             log.exception("trainguard: monitor step %s failed", getattr(action, "__name__", action))
+        finally:
+            self.busy_seconds += time.perf_counter() - started
 
 
 __all__ = ["Cadence", "Monitor", "tree_bytes", "tree_rss"]

@@ -25,6 +25,7 @@ parser.add_argument("--resume", action="store_true")
 parser.add_argument(
     "--child-allocate-mb", type=int, default=0, help="start a child process holding this much"
 )
+parser.add_argument("--linger", type=float, default=0.0, help="seconds to stay alive after the Guard exited")
 args = parser.parse_args()
 
 summary: dict[str, object] = {"episodes": [], "saved": [], "save_errors": []}
@@ -85,4 +86,6 @@ summary.update(
     threads=sorted(t.name for t in threading.enumerate()),
 )
 print("SUMMARY " + json.dumps(summary), flush=True)
+time.sleep(args.linger)  # like a trainer tearing down after training: the launcher is still watching
+time.sleep(args.linger)  # like a trainer tearing down after training: the launcher is still watching
 sys.exit(0)

@@ -263,7 +263,13 @@ class Launcher:
                 self._stop("lease_lost", "registry unreachable for longer than the lease ttl")
         # Until a Guard inside the child registers, the launcher accounts for the run (a legacy script
         # never will): runtime charged ahead, episodes from the files it writes, heartbeats for the watchdog.
-        guards = [p for p in registry.processes(self.run, token=lease.token) if p.role == "guard"]
+        # Ended registrations count too: once a Guard has accounted for this lease the launcher never takes
+        # the accounting back (after the Guard exits it would otherwise charge the whole run a second time).
+        guards = [
+            p
+            for p in registry.processes(self.run, token=lease.token, include_ended=True)
+            if p.role == "guard"
+        ]
         if guards and progress.legacy:
             # A Guard took over the accounting: settle what the launcher charged to the moment it registered
             # (its prepay would otherwise be counted on top of the Guard's own).

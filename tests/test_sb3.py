@@ -1,0 +1,100 @@
+"""The Stable-Baselines3 callback: budget stop mid-learn(), resume, and a revoked lease ending learn()."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("stable_baselines3")
+
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_util import make_vec_env
+
+from examples.swt.env import SwtEnv
+from examples.swt.spec import Spec
+from trainguard import Guard, LeaseLost, Registry, StopReason
+from trainguard.integrations.sb3 import GuardCallback, resume, state_of
+
+SPEC = Spec.load()
+TRAINING, _ = SPEC.prices()
+ACTIONS = SPEC.actions
+
+
+def _model(seed: int = 0) -> PPO:
+    env = make_vec_env(lambda: SwtEnv(TRAINING, SPEC, episode_length=16), n_envs=2, seed=seed)
+    return PPO(
+        "MlpPolicy",
+        env,
+        n_steps=32,
+        batch_size=32,
+        n_epochs=1,
+        seed=seed,
+        device="cpu",
+        policy_kwargs={"net_arch": [16]},
+    )
+
+
+def _guard(tmp_path: Path, **settings: object) -> Guard:
+    return Guard(run="sb3", store=str(tmp_path / "store"), install_signal_handlers=False, **settings)  # type: ignore[arg-type]
+
+
+def test_budget_stops_learn_midway(tmp_path: Path) -> None:
+    with _guard(tmp_path, max_episodes=12, every_episodes=5) as guard:
+        model = _model()
+        callback = GuardCallback(guard, action_names=ACTIONS)
+        model.learn(total_timesteps=10**7, callback=callback)  # would run for hours without the guard
+    assert guard.stop_reason is StopReason.EPISODES
+    assert guard.episode == 12 and model.num_timesteps < 10_000
+    with Registry.open(f"sqlite:///{tmp_path / 'store/.trainguard/registry.db'}") as registry:
+        records = registry.checkpoints("sb3")
+        assert [r.episode for r in records] == [5, 10, 12]  # the cadence and a final checkpoint
+        actions = records[-1].metrics["actions"]
+        assert set(actions) <= set(ACTIONS) and sum(actions.values()) > 0  # the decision histogram
+        assert registry.run_info("sb3").episodes_spent == 12  # type: ignore[union-attr]
+
+
+def test_resume_continues_the_count_and_restores_the_weights(tmp_path: Path) -> None:
+    with _guard(tmp_path, max_episodes=6, every_episodes=3) as guard:
+        first = _model(seed=1)
+        first.learn(total_timesteps=10**7, callback=GuardCallback(guard, action_names=ACTIONS))
+        saved = {k: v.clone() for k, v in first.policy.state_dict().items()}
+        timesteps = first.num_timesteps
+        guard.parts.registry.extend_budget("sb3", episodes=4, reason="four more")  # type: ignore[union-attr]
+    with _guard(tmp_path, max_episodes=6, every_episodes=3) as guard:  # 6 + the extension
+        second = _model(seed=2)  # different initial weights
+        restored = resume(second, guard)
+        assert restored is not None and restored.episode == 6
+        for key, value in second.policy.state_dict().items():
+            assert torch.equal(value, saved[key]), key
+        assert second.num_timesteps == timesteps
+        optimizer = state_of(second)["optimizer"]
+        assert optimizer["state"], "the optimizer state came back too"
+        second.learn(
+            total_timesteps=10**7,
+            callback=GuardCallback(guard, action_names=ACTIONS),
+            reset_num_timesteps=False,
+        )
+    assert guard.episode == 10  # continued from 6, not from 0
+    with Registry.open(f"sqlite:///{tmp_path / 'store/.trainguard/registry.db'}") as registry:
+        assert [r.episode for r in registry.checkpoints("sb3")] == [3, 6, 9, 10]
+
+
+def test_a_revoked_lease_stops_learn(tmp_path: Path) -> None:
+    with _guard(tmp_path, heartbeat_interval=0.05, lease_ttl=1, every_episodes=1000) as guard:
+        model = _model()
+        registry = guard.parts.registry  # type: ignore[union-attr]
+        revoker = threading.Timer(1.0, lambda: registry.revoke("sb3", "operator: stop this run"))
+        revoker.start()
+        try:
+            model.learn(total_timesteps=10**7, callback=GuardCallback(guard, action_names=ACTIONS))
+        finally:
+            revoker.cancel()
+        with pytest.raises(LeaseLost, match="operator: stop this run"):
+            guard.save({"w": np.zeros(1)}, episode=1)  # and nothing it writes can be committed
+    assert guard.stop_reason is StopReason.LEASE_LOST
+    assert "operator: stop this run" in guard.stop.detail  # type: ignore[union-attr]
+    assert model.num_timesteps < 50_000  # it stopped, it did not train on for the full budget
