@@ -151,7 +151,11 @@ def _decisions_figure(checkpoints: list[CheckpointRecord]) -> str | None:
             total = sum(counts.values()) or 1
             shares.append(counts.get(action, 0) / total)
         axis.barh(
-            labels, shares, left=left, color=_ACTION_COLOURS[index % len(_ACTION_COLOURS)], label=action
+            labels,
+            shares,
+            left=left,
+            color=_NAMED_COLOURS.get(action, _ACTION_COLOURS[index % len(_ACTION_COLOURS)]),
+            label=action,
         )
         left = [a + b for a, b in zip(left, shares, strict=True)]
     axis.axvline(0.95, color="#e45756", linestyle=":", linewidth=1)
