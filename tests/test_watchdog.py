@@ -238,3 +238,39 @@ def test_metrics_endpoint(tmp_path: Path, metrics: bool) -> None:
         "trainguard_run_heartbeat_age_seconds" in text
         and "trainguard_watchdog_last_sweep_timestamp_seconds" in text
     )
+
+
+def test_a_child_spawned_during_a_sweep_is_not_mistaken_for_an_orphan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race seen on a fresh clone: `trainguard run` spawned its child while a sweep was between reading
+    # the registry and scanning /proc, and the child was killed as an orphan. Launchers register before they
+    # spawn; a sweep scans /proc before it reads the registry. Here the "launch" happens inside the scan.
+    import os
+
+    from trainguard.identity import ProcessIdentity
+    from trainguard.supervise import snapshot
+
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    real_scan = snapshot.marked_processes
+    children: list[subprocess.Popen[str]] = []
+    with Registry.open(url) as registry:
+        registry.ensure_run("racy", store=tmp_path)
+        lease = registry.acquire("racy", ttl=30)
+
+        def launch_during_the_scan() -> list[Any]:
+            registry.register_process("racy", lease.token, "launcher", ProcessIdentity.current())
+            env = {**os.environ, "TRAINGUARD_RUN_ID": "racy", "TRAINGUARD_LEASE_TOKEN": str(lease.token)}
+            children.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env=env))
+            wait_until(lambda: any(e.pid == children[0].pid for e in real_scan()), timeout=10)
+            return real_scan()
+
+        monkeypatch.setattr(snapshot, "marked_processes", launch_during_the_scan)
+        try:
+            report = Watchdog(registry, interval=1, scan_rogues=False).sweep()
+            assert [f for f in report.findings if f.reason == "orphan"] == []
+            assert children[0].poll() is None
+        finally:
+            for child in children:
+                child.kill()
+                child.wait()

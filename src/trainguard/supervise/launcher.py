@@ -169,14 +169,13 @@ class Launcher:
 
     def _supervise(self, registry: Registry, lease: Lease, store_path: Path, url: str) -> LaunchResult:
         linux.become_subreaper()
+        # Registered *before* the child exists: from its first instant the child carries the run marker, and
+        # a watchdog sweeping right then must find a live owner for it, not an orphan.
+        ids = [registry.register_process(self.run, lease.token, "launcher", registry.identity)]
         child = self._spawn(lease, url, store_path)
-        me = registry.identity
-        ids = [
-            registry.register_process(self.run, lease.token, "launcher", me),
-            registry.register_process(
-                self.run, lease.token, "child", _identity_of(child.pid), pgid=child.pid
-            ),
-        ]
+        ids.append(
+            registry.register_process(self.run, lease.token, "child", _identity_of(child.pid), pgid=child.pid)
+        )
         registry.add_event(
             self.run,
             "launcher_started",

@@ -45,6 +45,11 @@ class Snapshot:
         stores = [Path(os.path.realpath(r.store)) for r in runs if r.store and os.path.isdir(r.store)]
         # The registry database under each store is opened by every trainguard command: not evidence.
         registries = [store / ".trainguard" for store in stores]
+        # /proc first, the registry second: launchers register themselves before they spawn, so every
+        # marked process or holder seen here already has its owner's row by the time the rows are read.
+        # (Read the other way round, a child spawned between the two reads looks like an orphan.)
+        marked = marked_processes() if proc else []
+        holders = holders_under(stores, ignore=registries, resolved=True) if proc and stores else []
         now = time.time()
         return cls(
             at=now,
@@ -55,8 +60,8 @@ class Snapshot:
             checkpoint_states=registry.checkpoint_states(),
             live=registry.live_pointers(),
             refused=registry.events(kinds=["commit_refused"], since=now - FENCED_WINDOW),
-            marked=marked_processes() if proc else [],
-            holders=holders_under(stores, ignore=registries, resolved=True) if proc and stores else [],
+            marked=marked,
+            holders=holders,
         )
 
     def processes_of(self, run: str, token: int | None) -> list[ProcessRecord]:
