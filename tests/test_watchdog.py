@@ -252,8 +252,9 @@ def test_a_child_spawned_during_a_sweep_is_not_mistaken_for_an_orphan(
     from trainguard.supervise import snapshot
 
     url = f"sqlite:///{tmp_path / 'registry.db'}"
-    real_scan = snapshot.marked_processes
-    children: list[subprocess.Popen[str]] = []
+    from trainguard.supervise.procs import marked_processes as real_scan
+
+    children: list[subprocess.Popen[bytes]] = []
     with Registry.open(url) as registry:
         registry.ensure_run("racy", store=tmp_path)
         lease = registry.acquire("racy", ttl=30)
