@@ -9,7 +9,6 @@ unmodified legacy script it keeps the lease alive and counts episodes from the c
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -19,7 +18,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import yaml
 
@@ -34,6 +32,7 @@ from trainguard.supervise import linux
 from trainguard.supervise.ladder import LadderResult, Target, run_ladder
 from trainguard.supervise.procs import marked_processes
 from trainguard.supervise.progress_line import ProgressLine
+from trainguard.supervise.reaping import identity_of, reap_children, signal_group, wait_reaped
 
 log = logging.getLogger("trainguard")
 EXIT_GUARD = 3
@@ -174,7 +173,7 @@ class Launcher:
         ids = [registry.register_process(self.run, lease.token, "launcher", registry.identity)]
         child = self._spawn(lease, url, store_path)
         ids.append(
-            registry.register_process(self.run, lease.token, "child", _identity_of(child.pid), pgid=child.pid)
+            registry.register_process(self.run, lease.token, "child", identity_of(child.pid), pgid=child.pid)
         )
         registry.add_event(
             self.run,
@@ -189,7 +188,7 @@ class Launcher:
         try:
             with self._line:
                 ladder, seen = self._loop(registry, lease, child, runtime, store_path)
-            status = child.returncode if child.returncode is not None else _wait_reaped(child)
+            status = child.returncode if child.returncode is not None else wait_reaped(child)
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -219,17 +218,17 @@ class Launcher:
             beat_every=min(self.config.monitoring.heartbeat_interval, lease.ttl / 3),
             watch_dir=self.options.watch_dir or store_path,
         )
-        child_target = Target(child.pid, _identity_of(child.pid).start_time, "child")
+        child_target = Target(child.pid, identity_of(child.pid).start_time, "child")
         next_beat = next_watch = 0.0
         forwarded_at: float | None = None
         while True:
-            status = _reap_children(child.pid)
+            status = reap_children(child.pid)
             if status is not None:
                 child.returncode = status  # we reaped it; Popen must not try again
                 return None, progress.seen
             if self._signals and forwarded_at is None:
                 self._stop("signal", f"signal {self._signals[0]} received")
-                _signal_group(child.pid, signal.SIGTERM)
+                signal_group(child.pid, signal.SIGTERM)
                 forwarded_at = time.monotonic()
             if forwarded_at is not None and (
                 len(self._signals) > 1 or time.monotonic() - forwarded_at > self.options.grace
@@ -335,7 +334,7 @@ class Launcher:
         if not targets:
             return None
         result = run_ladder(targets, grace=min(self.options.grace, 5.0))
-        _reap_children(None)
+        reap_children(None)
         return result
 
     # -- the end ----------------------------------------------------------------------------------
@@ -369,54 +368,6 @@ class Launcher:
             },
         )
         return LaunchResult(code, reason, status, seen, ladder)
-
-
-def _identity_of(pid: int) -> Any:
-    from trainguard.identity import ProcessIdentity, host_key, hostname, process_start_time
-
-    return ProcessIdentity(
-        host=hostname(), host_key=host_key(), pid=pid, start_time=process_start_time(pid) or 0.0
-    )
-
-
-def _exit_code(status: int) -> int:
-    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
-
-
-def _reap_children(child_pid: int | None) -> int | None:
-    """Reap every exited child - as a subreaper we inherit orphaned descendants and must not leave them as
-    zombies - and return the exit code of ``child_pid`` if it is among them."""
-    found = None
-    while True:
-        try:
-            # WNOWAIT first: peek at who exited without consuming the status of anyone else's wait.
-            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return found
-        if info is None:
-            return found
-        _, status = os.waitpid(info.si_pid, 0)
-        if info.si_pid == child_pid:
-            found = _exit_code(status)
-
-
-def _wait_reaped(child: subprocess.Popen[bytes]) -> int | None:
-    """The exit code of a child the ladder has stopped (it is a zombie by now, or nearly)."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        code = _reap_children(child.pid)
-        if code is not None:
-            child.returncode = code
-            return code
-        time.sleep(_POLL)
-    return None
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    # The child leads its own session and group (we created it, and it has not been reaped: its pid, and so
-    # its group id, cannot have been reused).
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signum)
 
 
 __all__ = ["EXIT_GUARD", "LaunchOptions", "LaunchResult", "Launcher"]
