@@ -44,10 +44,6 @@ class Counter:
     def remaining(self) -> int | None:
         return None if self.limit is None else max(0, self.limit - self.spent)
 
-    @property
-    def exhausted(self) -> bool:
-        return self.limit is not None and self.spent >= self.limit
-
     def allows(self, amount: int = 1) -> bool:
         return self.limit is None or self.spent + amount <= self.limit
 

@@ -84,13 +84,6 @@ class ProcessIdentity:
         start = process_start_time(pid)
         return cls(host=hostname(), host_key=host_key(), pid=pid, start_time=start or 0.0)
 
-    def is_local(self) -> bool:
-        return self.host_key == host_key()
-
-    def is_alive(self) -> bool:
-        """Only answerable for local processes; callers must handle remote ones (by TTL) themselves."""
-        return is_same_process_alive(self.pid, self.start_time)
-
     def as_dict(self) -> dict[str, object]:
         return {"host": self.host, "host_key": self.host_key, "pid": self.pid, "start_time": self.start_time}
 

@@ -39,12 +39,6 @@ class RecoveryReport:
     quarantined_unregistered: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
 
-    @property
-    def changed(self) -> bool:
-        return bool(
-            self.rolled_forward or self.removed_staging or self.quarantined_unregistered or self.finished
-        )
-
 
 def recover(store: CheckpointStore, *, foreign_grace: float) -> RecoveryReport:
     report = RecoveryReport()

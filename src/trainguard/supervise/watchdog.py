@@ -45,7 +45,6 @@ class SweepReport:
     findings: list[Finding] = field(default_factory=list)
     ladders: list[tuple[Finding, LadderResult | None]] = field(default_factory=list)
     stores: list[StoreFindings] = field(default_factory=list)
-    runs_checked: int = 0
 
 
 def _setting(run: RunRecord, key: str, default: float) -> float:
@@ -69,8 +68,6 @@ class Watchdog:
         self.grace = grace
         self.scan_rogues = scan_rogues
         self.me = ProcessIdentity.current()
-        self.kills: dict[str, int] = defaultdict(int)
-        self.last_report = SweepReport()
 
     # -- one sweep --------------------------------------------------------------------------------
 
@@ -80,7 +77,6 @@ class Watchdog:
         snapshot = Snapshot.take(self.registry)
         for run in snapshot.runs:
             finding = self.check_run(snapshot, run)
-            report.runs_checked += 1
             if finding is not None:
                 report.findings.append(finding)
         report.findings.extend(self.orphans(snapshot))
@@ -92,7 +88,6 @@ class Watchdog:
                     report.findings.extend(self._rogue_findings(run, findings))
         for finding in report.findings:
             report.ladders.append((finding, self.act(finding, self._grace(snapshot.runs, finding.run))))
-        self.last_report = report
         return report
 
     def _grace(self, runs: list[RunRecord], name: str) -> float:
@@ -281,7 +276,6 @@ class Watchdog:
         if finding.revoke:
             self.registry.revoke(finding.run, f"watchdog: {finding.reason}: {finding.detail}")
         ladder = run_ladder(finding.targets, grace=grace) if finding.targets else None
-        self.kills[finding.reason] += 1
         signals = sorted({name for _, name in ladder.signals}) if ladder else []
         self.registry.add_event(
             finding.run,
