@@ -50,25 +50,20 @@ def table(*columns: str, title: str | None = None) -> Table:
     return result
 
 
-def add_location_args(parser: argparse.ArgumentParser, *, json_flag: bool = False) -> None:
-    parser.add_argument("run", metavar="RUN", help="run name")
-    parser.add_argument("-c", "--config", metavar="CONFIG", help="config file (gives store and registry)")
-    parser.add_argument("--store", metavar="DIR", help="checkpoint store directory")
-    parser.add_argument("--registry", metavar="URL", help="registry URL (sqlite:///PATH or postgresql://...)")
-    if json_flag:
-        parser.add_argument(
-            "--json", action="store_true", help="machine-readable output (see docs/cli-json.md)"
-        )
-
-
 def add_registry_args(parser: argparse.ArgumentParser, *, json_flag: bool = False) -> None:
     parser.add_argument("-c", "--config", metavar="CONFIG", help="config file (gives store and registry)")
-    parser.add_argument("--store", metavar="DIR", help="a store directory (its default registry)")
+    parser.add_argument("--store", metavar="DIR", help="checkpoint store directory (and its default registry)")
     parser.add_argument("--registry", metavar="URL", help="registry URL (sqlite:///PATH or postgresql://...)")
     if json_flag:
         parser.add_argument(
             "--json", action="store_true", help="machine-readable output (see docs/cli-json.md)"
         )
+
+
+def add_location_args(parser: argparse.ArgumentParser, *, json_flag: bool = False) -> None:
+    """RUN plus where to find it (the registry arguments)."""
+    parser.add_argument("run", metavar="RUN", help="run name")
+    add_registry_args(parser, json_flag=json_flag)
 
 
 def registry_url(args: argparse.Namespace) -> str:
