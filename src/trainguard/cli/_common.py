@@ -52,7 +52,7 @@ def table(*columns: str, title: str | None = None) -> Table:
 
 def add_registry_args(parser: argparse.ArgumentParser, *, json_flag: bool = False) -> None:
     parser.add_argument("-c", "--config", metavar="CONFIG", help="config file (gives store and registry)")
-    parser.add_argument("--store", metavar="DIR", help="checkpoint store directory (and its default registry)")
+    parser.add_argument("--store", metavar="DIR", help="store directory (and its default registry)")
     parser.add_argument("--registry", metavar="URL", help="registry URL (sqlite:///PATH or postgresql://...)")
     if json_flag:
         parser.add_argument(
