@@ -20,7 +20,7 @@ from trainguard.budget import Counter, Runtime, Warnings, warn_log
 from trainguard.checkpoints import CheckpointStore
 from trainguard.checkpoints.async_writer import AsyncSaver
 from trainguard.errors import ConfigError, LeaseLost, RegistryError
-from trainguard.registry import CheckpointRecord, Lease, Registry, default_registry_url
+from trainguard.registry import CheckpointRecord, Lease, Registry, RunRecord, default_registry_url
 
 if TYPE_CHECKING:
     from trainguard.guard import Guard
@@ -234,17 +234,16 @@ class GuardParts:
                 log.warning("trainguard: lease renewal failed: %s", error)
                 if not self.lease.held_locally:
                     guard.fence(f"registry unreachable for longer than the lease ttl ({error.reason})")
-        self.registry.charge(guard.run, runtime=self._runtime_due())
-        self._refresh_limits()
+        # The charge returns the run's row: its limits pick up `trainguard budget extend` without a re-read.
+        self._refresh_limits(self.registry.charge(guard.run, runtime=self._runtime_due()))
         self.warnings.check("runtime", self.runtime.spent, self.runtime.limit)
         self.registry.record_heartbeat(guard.run, self.lease.token, self.heartbeat(guard))
         self._write_heartbeat_file(guard)
         self._flush_events(guard.run)
 
-    def _refresh_limits(self) -> None:
+    def _refresh_limits(self, info: RunRecord) -> None:
         """Pick up `trainguard budget extend` while running."""
-        info = self.registry.run_info(self.store.run)
-        if info is None or info.limits == self.limits:
+        if info.limits == self.limits:
             return
         self.limits = info.limits
         self.episodes.limit = info.limits.get("max_episodes")
