@@ -261,20 +261,23 @@ class Launcher:
                 self._stop("lease_lost", "registry unreachable for longer than the lease ttl")
         # Until a Guard inside the child registers, the launcher accounts for the run (a legacy script
         # never will): runtime charged ahead, episodes from the files it writes, heartbeats for the watchdog.
-        # Ended registrations count too: once a Guard has accounted for this lease the launcher never takes
-        # the accounting back (after the Guard exits it would otherwise charge the whole run a second time).
-        guards = [
-            p
-            for p in registry.processes(self.run, token=lease.token, include_ended=True)
-            if p.role == "guard"
-        ]
-        if guards and progress.legacy:
-            # A Guard took over the accounting: settle what the launcher charged to the moment it registered
-            # (its prepay would otherwise be counted on top of the Guard's own).
-            accountable = max(0.0, guards[0].registered_at - runtime.started_wall)
-            registry.charge(self.run, runtime=accountable - progress.charged)
-            progress.charged = accountable
-        progress.legacy = not guards
+        # The hand-off is one-way: once a Guard has accounted for this lease the launcher never takes the
+        # accounting back (after the Guard exits it would otherwise charge the whole run a second time), so
+        # the registrations are only looked at until then - ended ones included, a Guard may come and go
+        # between two beats.
+        if progress.legacy:
+            guards = [
+                p
+                for p in registry.processes(self.run, token=lease.token, include_ended=True)
+                if p.role == "guard"
+            ]
+            if guards:
+                # Settle what the launcher charged up to the moment the Guard registered (its prepay would
+                # otherwise be counted on top of the Guard's own).
+                accountable = max(0.0, guards[0].registered_at - runtime.started_wall)
+                registry.charge(self.run, runtime=accountable - progress.charged)
+                progress.charged = accountable
+                progress.legacy = False
         if progress.legacy:
             due = runtime.elapsed() + 2 * progress.beat_every - progress.charged
             registry.charge(self.run, runtime=due)
