@@ -3,6 +3,7 @@ kills and commit refusals by reason. Served on 127.0.0.1 only."""
 
 from __future__ import annotations
 
+import collections
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from trainguard._monitor import tree_bytes
 from trainguard.registry import Registry
+from trainguard.supervise.snapshot import Snapshot
 from trainguard.supervise.watchdog import SweepReport
 
 _BUDGETS = (
@@ -82,21 +84,21 @@ class WatchdogMetrics:
         start_http_server(port, addr="127.0.0.1", registry=self.registry)
 
     def update(self, registry: Registry, report: SweepReport, duration: float) -> None:
-        now = time.time()
-        for run in registry.runs():
+        # From the sweep's own snapshot: one more round of per-run queries would double the sweep's I/O.
+        snapshot = report.snapshot or Snapshot.take(registry, proc=False)
+        for run in snapshot.runs:
             self.episodes.labels(run.name).set(run.episodes_spent)
             for budget, spent_field, limit_key in _BUDGETS:
                 limit = run.limits.get(limit_key)
                 if limit is not None:
                     self.remaining.labels(run.name, budget).set(max(0.0, limit - getattr(run, spent_field)))
-            lease = registry.lease_info(run.name)
+            lease = snapshot.leases.get(run.name)
             self.token.labels(run.name).set(lease.token if lease is not None and lease.live else 0)
-            beat = registry.heartbeat(run.name)
+            beat = snapshot.heartbeats.get(run.name)
             if beat is not None:
-                self.heartbeat_age.labels(run.name).set(now - beat["at"])
-            counts: dict[str, int] = {"committed": 0, "quarantined": 0, "evicted": 0}
-            for record in registry.checkpoints(run.name, states=None):
-                counts[record.state] = counts.get(record.state, 0) + 1
+                self.heartbeat_age.labels(run.name).set(snapshot.at - beat["at"])
+            counts = collections.Counter({"committed": 0, "quarantined": 0, "evicted": 0})
+            counts.update(snapshot.checkpoint_states.get(run.name, {}).values())
             for state, count in counts.items():
                 self.checkpoints.labels(run.name, state).set(count)
             if run.store and Path(run.store).is_dir():
@@ -109,7 +111,7 @@ class WatchdogMetrics:
             self.refusals.labels(event.run or "", reason).inc()
             self._last_event_id = max(self._last_event_id, event.id)
         self.sweep_seconds.set(duration)
-        self.last_sweep.set(now)
+        self.last_sweep.set(time.time())
 
 
 __all__ = ["WatchdogMetrics"]

@@ -42,6 +42,7 @@ class Finding:
 
 @dataclass
 class SweepReport:
+    snapshot: Snapshot | None = None  # what the sweep judged (the metrics are read from it too)
     findings: list[Finding] = field(default_factory=list)
     ladders: list[tuple[Finding, LadderResult | None]] = field(default_factory=list)
     stores: list[StoreFindings] = field(default_factory=list)
@@ -74,7 +75,7 @@ class Watchdog:
     def sweep(self) -> SweepReport:
         report = SweepReport()
         self.registry.watchdog_beat(self.me, self.interval, {"dry_run": self.dry_run})
-        snapshot = Snapshot.take(self.registry)
+        snapshot = report.snapshot = Snapshot.take(self.registry)
         for run in snapshot.runs:
             finding = self.check_run(snapshot, run)
             if finding is not None:
