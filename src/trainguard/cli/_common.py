@@ -66,16 +66,24 @@ def add_location_args(parser: argparse.ArgumentParser, *, json_flag: bool = Fals
     add_registry_args(parser, json_flag=json_flag)
 
 
-def registry_url(args: argparse.Namespace) -> str:
-    """--registry, else the registry of --store, else of -c CONFIG."""
+def _registry_url(args: argparse.Namespace, config: TrainguardConfig | None) -> str | None:
+    """One precedence for every command: --registry, then the config's registry, then the default registry
+    of the store (--store, else the config's store)."""
     if getattr(args, "registry", None):
         return str(args.registry)
+    if config is not None and config.registry:
+        return config.registry
     if getattr(args, "store", None):
         return default_registry_url(Path(args.store))
-    if getattr(args, "config", None):
-        config = load_config(args.config)
-        return config.registry or default_registry_url(config.store_path())
-    raise ConfigError("--registry", None, "give --registry URL, --store DIR or -c CONFIG")
+    return default_registry_url(config.store_path()) if config is not None else None
+
+
+def registry_url(args: argparse.Namespace) -> str:
+    config = load_config(args.config) if getattr(args, "config", None) else None
+    url = _registry_url(args, config)
+    if url is None:
+        raise ConfigError("--registry", None, "give --registry URL, --store DIR or -c CONFIG")
+    return url
 
 
 @dataclass
@@ -87,16 +95,14 @@ class Location:
 
 
 def locate(args: argparse.Namespace) -> Location:
-    """Resolve run, store and registry from --store / --registry / -c, in that order of precedence."""
+    """Resolve run, store and registry; the store comes from --store, the config, or the registry's record
+    of the run."""
     run = validate_name(args.run, "run")
     config = load_config(args.config, overrides={"run": run}) if args.config else None
     store = Path(args.store) if args.store else (config.store_path() if config else None)
-    url = args.registry or (config.registry if config else None)
-    if store is None and url is None:
-        raise ConfigError("--store", None, "give --store DIR, --registry URL or -c CONFIG to find the run")
+    url = _registry_url(args, config)
     if url is None:
-        assert store is not None
-        url = default_registry_url(store)
+        raise ConfigError("--store", None, "give --store DIR, --registry URL or -c CONFIG to find the run")
     if store is None:
         with Registry.open(url) as registry:
             info = registry.run_info(run)
