@@ -270,18 +270,21 @@ class CheckpointStore:
             release_path(parked, self.root / record.name)
         return record
 
-    def protected(self) -> set[str]:
+    def protected(self, committed: Iterable[CheckpointRecord] | None = None) -> set[str]:
         """Never evicted: pinned checkpoints, the live one, the one the run resumed from."""
-        names = {r.name for r in self.list() if r.pinned}
+        names = {r.name for r in (self.list() if committed is None else committed) if r.pinned}
         live = self.registry.live_pointer(self.run)
         resumed = self._resumed_from()
         return names | {n for n in (live, resumed) if n}
 
     def prune(self, *, policy: retention.Policy | None = None, dry_run: bool = False) -> builtins.list[str]:
         """Evict what the retention policy does not keep; returns the evicted names."""
+        policy = policy or self.retention
+        if policy is retention.keep_all:
+            return []  # nothing configured: nothing to read, nothing to evict (the default, after every save)
         committed = self.list()
         candidates = [retention.Candidate(r.name, r.episode, r.metrics) for r in committed]
-        doomed = retention.evictions(candidates, policy or self.retention, self.protected())
+        doomed = retention.evictions(candidates, policy, self.protected(committed))
         if dry_run:
             return doomed
         evicted: builtins.list[str] = []
