@@ -39,6 +39,11 @@ def _url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'store' / '.trainguard' / 'registry.db'}"
 
 
+def _watchdog_command(tmp_path: Path, *flags: str) -> list[str]:
+    """`trainguard watchdog` over the test's store, as a separate process."""
+    return [sys.executable, "-m", "trainguard", "watchdog", "--store", str(tmp_path / "store"), *flags]
+
+
 @contextmanager
 def stubborn(config: Path, *flags: str) -> Iterator[subprocess.Popen[str]]:
     with spawned(
@@ -76,18 +81,7 @@ def _stopped_events(registry: Registry, run: str) -> list[Any]:
 def test_runaway_past_max_runtime_is_killed_within_interval_plus_grace(tmp_path: Path) -> None:
     interval, grace = 0.3, 1.0
     config = _config(tmp_path, "runaway", limits={"max_runtime": "1s"})
-    dog_command = [
-        sys.executable,
-        "-m",
-        "trainguard",
-        "watchdog",
-        "--store",
-        str(tmp_path / "store"),
-        "--interval",
-        f"{interval}s",
-        "--grace",
-        f"{grace}s",
-    ]
+    dog_command = _watchdog_command(tmp_path, "--interval", f"{interval}s", "--grace", f"{grace}s")
     with stubborn(config, "--ignore-budget") as proc, spawned(dog_command, stderr=subprocess.DEVNULL):
         proc.wait(timeout=60)
         died = time.time()
@@ -209,18 +203,7 @@ def test_metrics_endpoint(tmp_path: Path, metrics: bool) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    dog = [
-        sys.executable,
-        "-m",
-        "trainguard",
-        "watchdog",
-        "--store",
-        str(tmp_path / "store"),
-        "--interval",
-        "0.2s",
-        "--metrics-port",
-        str(port),
-    ]
+    dog = _watchdog_command(tmp_path, "--interval", "0.2s", "--metrics-port", str(port))
     with stubborn(config), spawned(dog, stderr=subprocess.DEVNULL):
 
         def scrape() -> str:
