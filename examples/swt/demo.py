@@ -21,34 +21,16 @@ from typing import Any
 
 import yaml
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-
-
-def trainguard(*args: str, capture: bool = False) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trainguard", *args], cwd=ROOT, text=True, check=False, capture_output=capture
-    )
+from examples.swt.scripting import HERE, ROOT, guard_config, move_aside, trainguard, write_config
 
 
 def _config(store: Path | None, run: str | None) -> Path:
     """The demo's config: guard.yaml, with another store or run name when asked (tests, repeated demos)."""
-    body = yaml.safe_load((HERE / "guard.yaml").read_text())
-    body["features"] = [str(HERE / "features.yaml")]
+    body = guard_config()
     body["store"] = str(store or HERE / body["store"])
     if run:
         body["run"] = run
-    target = Path(body["store"]).parent / f".{body['run']}.demo.yaml"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(yaml.safe_dump(body))
-    return target
-
-
-def _move_previous(store: Path) -> None:
-    if store.exists():
-        aside = store.with_name(f"{store.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
-        store.rename(aside)
-        print(f"previous demo store moved aside (nothing deleted): {aside}")
+    return write_config(body, Path(body["store"]).parent / f".{body['run']}.demo.yaml")
 
 
 def main() -> int:
@@ -62,7 +44,7 @@ def main() -> int:
     args = parser.parse_args()
     started = time.monotonic()
     store = (args.store or HERE / "checkpoints").resolve()
-    _move_previous(store)
+    move_aside(store, "demo")
     config = _config(store, args.run)
     body = yaml.safe_load(config.read_text())
     run = body["run"]

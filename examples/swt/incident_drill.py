@@ -24,19 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from examples.swt.scripting import HERE, ROOT, guard_config, move_aside, trainguard, write_config
 from trainguard import Registry, live
 from trainguard.identity import is_same_process_alive
-
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-
-
-def trainguard(*args: str, capture: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "trainguard", *args], cwd=ROOT, text=True, check=False, capture_output=capture
-    )
 
 
 def say(text: str) -> None:
@@ -44,16 +34,13 @@ def say(text: str) -> None:
 
 
 def _config(store: Path, run: str, every: int) -> Path:
-    body = yaml.safe_load((HERE / "guard.yaml").read_text())
-    body.update(run=run, store=str(store), features=[str(HERE / "features.yaml")])
+    body = guard_config()
+    body.update(run=run, store=str(store))
     body["checkpoints"].update(every_episodes=every, keep_last=50)
     body["watchdog"].update(interval="1s", grace="3s", rogue_action="kill")
     # The drill is about fencing, not about model quality: the operator names the last good checkpoint.
     body["gates"].update(min_decisions=0, metrics={}, max_action_share=1.0)
-    target = store.parent / f".{run}.drill.yaml"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(yaml.safe_dump(body))
-    return target
+    return write_config(body, store.parent / f".{run}.drill.yaml")
 
 
 def _checkpoint_files(store: Path, names: set[str]) -> int:
@@ -96,11 +83,12 @@ def _good_run(drill: Drill, episodes: int, last_good: str) -> bool:
         sys.executable,
         "-m",
         "examples.swt.train",
+        capture=True,
     )
     if trained.returncode != 0:
         say(trained.stdout + trained.stderr)
         return False
-    promoted = trainguard("promote", drill.run, "-c", str(drill.config), last_good)
+    promoted = trainguard("promote", drill.run, "-c", str(drill.config), last_good, capture=True)
     say("   " + (promoted.stdout.strip().splitlines()[-1] if promoted.stdout.strip() else promoted.stderr))
     return promoted.returncode == 0
 
@@ -143,7 +131,7 @@ def _rogue_phase(
         f"   its commits are refused ({first - started:.1f}s after it started); the live model still serves "
         f"{serving.current.name if serving.current else None}"
     )
-    scan = trainguard("incident", "scan", str(drill.store))
+    scan = trainguard("incident", "scan", str(drill.store), capture=True)
     detected = time.time()
     named = scan.returncode == 1 and f"pid {rogue[0]}" in scan.stdout
     verdict = "names it" if named else "DID NOT name it"
@@ -202,10 +190,7 @@ def main() -> int:
     parser.add_argument("--summary-json", type=Path, help="also write the closing numbers here")
     args = parser.parse_args()
     store = args.store.resolve()
-    if store.exists():
-        aside = store.with_name(f"{store.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
-        store.rename(aside)
-        say(f"previous drill store moved aside (nothing deleted): {aside}")
+    move_aside(store, "drill")
     drill = Drill(
         store,
         _config(store, "swt-incident", args.every),
@@ -238,6 +223,7 @@ def main() -> int:
         "--reason",
         "drill: rogue trainer with a stale token and changed features",
         "--json",
+        capture=True,
     )
     recovery: dict[str, Any] = json.loads(recovered.stdout) if recovered.returncode == 0 else {}
     with Registry.open(drill.url) as registry:
