@@ -163,6 +163,16 @@ def test_a_child_in_a_long_save_is_not_killed(tmp_path: Path) -> None:
             assert watchdog.sweep().findings == []
             line = proc.stdout.readline()
             saved = line.startswith("saved")
+        saved_at = time.time()
+        # The first heartbeat after the save (no longer "saving") must not report the save as a stall.
+        wait_until(
+            lambda: (
+                (beat := registry.heartbeat("slowsave")) is not None
+                and beat["at"] > saved_at
+                and not beat["saving"]
+            ),
+            timeout=10,
+        )
         assert watchdog.sweep().findings == [] and proc.poll() is None
         beats = registry.events("slowsave", kinds=["checkpoint_committed"])
         assert len(beats) == 1

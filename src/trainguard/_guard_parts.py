@@ -308,14 +308,21 @@ class GuardParts:
             if self.saver is not None:
                 self.saver.submit(state, **kwargs)  # waits for (and raises the error of) the previous one
                 guard.last_checkpoint = self.saver.last_record or guard.last_checkpoint
-                return None
-            record = self.store.save(state, **kwargs)
+                record = None
+            else:
+                record = self.store.save(state, **kwargs)
+            # A save is progress. Without this, the first heartbeat after a long save reports the whole save
+            # as time without progress, no longer doubled ("saving" is over), and the watchdog kills a healthy
+            # process between the save and the end of its episode. Set before "saving" is cleared, so no
+            # heartbeat can see neither.
+            guard.last_progress = guard.clock()
         except LeaseLost as lost:
             guard.fence(lost.reason)
             raise
         finally:
             self.saving = False
-        self._auto_promote(guard, record)
+        if record is not None:  # an asynchronous save's record is not known yet: promotion waits for it
+            self._auto_promote(guard, record)
         return record
 
     def _auto_promote(self, guard: Guard, record: CheckpointRecord) -> None:

@@ -4,7 +4,8 @@
 --ignore-sigterm  SIGTERM does nothing (only SIGKILL ends it)
 --hang            stop the whole process (SIGSTOP) at episode 3: no more heartbeats
 --stall           at episode 3 the loop sleeps; the guard's heartbeat thread keeps beating
---slow-save S     the save at episode 2 takes S seconds more (its validation step sleeps)
+--slow-save S     the save at episode 2 takes S seconds more (its validation step sleeps); the episode then
+                  works on for 0.5 s, so heartbeats between the save and the episode's end are seen
 --allocate-mb N   allocate N MB more every episode
 """
 
@@ -50,6 +51,7 @@ def episode_body(guard: tg.Guard, episode: int) -> None:
         print("saving", flush=True)
         guard.save({"w": np.zeros(4)}, episode=episode)
         print("saved", flush=True)
+        time.sleep(0.5)
     if episode == 3 and args.hang:
         print("hanging", flush=True)
         os.kill(os.getpid(), signal.SIGSTOP)
