@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -132,22 +132,18 @@ class BudgetOps(RegistryCore):
         """Every run's latest heartbeat in one query."""
         with self.reading() as conn:
             rows = conn.execute(select(t.heartbeats)).all()
-        return {
-            r._mapping["run"]: {
-                "token": r._mapping["token"],
-                "at": r._mapping["at"],
-                **json.loads(r._mapping["detail_json"]),
-            }
-            for r in rows
-        }
+        return {r._mapping["run"]: _beat(r) for r in rows}
 
     def heartbeat(self, run: str) -> dict[str, Any] | None:
         with self.reading() as conn:
             row = conn.execute(select(t.heartbeats).where(t.heartbeats.c.run == run)).first()
-        if row is None:
-            return None
-        m = row._mapping
-        return {"token": m["token"], "at": m["at"], **json.loads(m["detail_json"])}
+        return None if row is None else _beat(row)
+
+
+def _beat(row: Row[Any]) -> dict[str, Any]:
+    """A heartbeat as the guard sent it, with the token and the registry's receipt time."""
+    m = row._mapping
+    return {"token": m["token"], "at": m["at"], **json.loads(m["detail_json"])}
 
 
 def _flag(key: str) -> str:
