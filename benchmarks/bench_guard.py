@@ -14,6 +14,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench_store import state_dict
@@ -25,11 +26,11 @@ def noop(steps: int = 1) -> bool:
     return True
 
 
-def per_call(function: object, count: int) -> float:
+def per_call(function: Callable[[], object], count: int) -> float:
     call = function  # a local, exactly as a training loop would hold guard.tick
     started = time.perf_counter()
     for _ in range(count):
-        call()  # type: ignore[operator]
+        call()
     return (time.perf_counter() - started) / count
 
 
@@ -72,8 +73,7 @@ def bench_async(gib: float, rounds: int, scratch: Path) -> None:
                 started = time.perf_counter()
                 guard.save(state, episode=episode)
                 blocked[mode].append(time.perf_counter() - started)
-                if guard.parts and guard.parts.saver:
-                    guard.parts.saver.wait()  # let the writer finish before the next round measures
+                guard.wait_for_saves()  # let the writer finish before the next round measures
             print(
                 f"round {episode}: sync {blocked['sync'][-1]:.3f}s, async {blocked['async'][-1]:.3f}s",
                 flush=True,

@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 
 import trainguard as tg
-from trainguard.supervise.procs import holders_under
+from trainguard.supervise import holders_under
 from trainguard.supervise.watchdog import Watchdog
 
 HELPERS = Path(__file__).resolve().parent.parent / "tests" / "helpers"
@@ -98,9 +98,11 @@ def sweep_cpu(scratch: Path, runs: int, rounds: int) -> None:
     url = f"sqlite:///{scratch / 'many.db'}"
     with tg.Registry.open(url) as registry:
         names = [f"run-{i:03d}" for i in range(runs)]
+        tokens: dict[str, int] = {}
         for name in names:
             with tg.CheckpointStore(scratch / "stores" / name, run=name, registry=registry) as store:
                 lease = registry.acquire(name, ttl=3600)
+                tokens[name] = lease.token
                 registry.apply_limits(
                     name,
                     {
@@ -119,9 +121,7 @@ def sweep_cpu(scratch: Path, runs: int, rounds: int) -> None:
         for _ in range(rounds):
             for name in names:  # keep every run fresh, as live trainers would
                 registry.record_heartbeat(
-                    name,
-                    registry.lease_info(name).token,  # type: ignore[union-attr]
-                    {"pid": 0, "episode": 3, "last_progress_age": 0},
+                    name, tokens[name], {"pid": 0, "episode": 3, "last_progress_age": 0}
                 )
             started_cpu, started_wall = time.process_time(), time.perf_counter()
             report = watchdog.sweep()

@@ -1,7 +1,7 @@
 """Crash consistency: SIGKILL a checkpoint writer at random moments and check the store after every kill.
 
 After each kill: every committed checkpoint verifies and loads, the newest committed one is what
-``list()`` returns last, and it is at least as new as the last save the writer saw return.
+``checkpoints()`` returns last, and it is at least as new as the last save the writer saw return.
 
 The test suite runs 200+ kills through ``run_campaign``; for a longer run:
 
@@ -44,7 +44,7 @@ def _check(root: Path, run: str, report: Path, result: CampaignResult) -> None:
     with CheckpointStore(root, run=run) as store:  # opening runs recovery
         result.recovered_staging += len(store.recovery.removed_staging)
         result.rolled_forward += len(store.recovery.rolled_forward)
-        committed = store.list()
+        committed = store.checkpoints()
         for record in committed:
             report_ = store.verify(record.name)
             if not report_.ok:

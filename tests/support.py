@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 HELPERS = Path(__file__).parent / "helpers"
 T = TypeVar("T")
@@ -35,9 +35,9 @@ def helper_command(script: str, *args: str) -> list[str]:
 
 
 @contextmanager
-def spawned(args: list[str], **kwargs: object) -> Iterator[subprocess.Popen[str]]:
+def spawned(args: list[str], **kwargs: Any) -> Iterator[subprocess.Popen[str]]:
     """Start a process and always reap it: SIGKILL by pid if it is still running when the test ends."""
-    proc: subprocess.Popen[str] = subprocess.Popen(args, text=True, **kwargs)  # type: ignore[call-overload]
+    proc: subprocess.Popen[str] = subprocess.Popen(args, text=True, **kwargs)
     try:
         yield proc
     finally:

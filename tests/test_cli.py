@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,9 @@ from support import run_cli
 from trainguard import CheckpointStore
 
 
-def _one_line_error(result: object, *needles: str) -> None:
-    stderr = result.stderr.strip()  # type: ignore[attr-defined]
-    assert result.returncode == 2, (result.returncode, stderr)  # type: ignore[attr-defined]
+def _one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    stderr = result.stderr.strip()
+    assert result.returncode == 2, (result.returncode, stderr)
     assert "Traceback" not in stderr and len(stderr.splitlines()) == 1, stderr
     for needle in needles:
         assert needle in stderr
@@ -129,7 +130,7 @@ def test_bad_checkpoint_name_and_unknown_run(populated: tuple[Path, str, list[st
     root, run, _ = populated
     _one_line_error(run_cli("ckpt", "pin", run, "../../x", "--store", str(root)), "invalid checkpoint name")
     _one_line_error(
-        run_cli("ckpt", "ls", "nope", "--store", str(root)), "run = 'nope': is not in the registry"
+        run_cli("ckpt", "ls", "nope", "--store", str(root)), "run 'nope' is not in the registry"
     )
     _one_line_error(run_cli("ckpt", "pin", run, "ep999", "--store", str(root)), "no such checkpoint")
 

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from trainguard import CheckpointStore, CheckpointWriteError, Registry, RegistryError
-from trainguard.checkpoints._layout import STAGING
+from trainguard.checkpoints.layout import STAGING
+from trainguard.registry import EventKind
 
 STATE = {"policy": {"w": np.arange(4096, dtype=np.float32)}, "meta": {"lr": 3e-4}}
 
@@ -88,7 +89,7 @@ FAULTS = [
 
 
 def _assert_nothing_torn(store: CheckpointStore) -> None:
-    for record in store.list():
+    for record in store.checkpoints():
         assert store.verify(record.name).ok, record.name
         assert store.load(record.name).state["policy"]["w"].shape == (4096,)
 
@@ -121,11 +122,12 @@ def test_failure_at_each_step(
 
     with CheckpointStore(root, run=run_name) as reopened:  # the next open: recovery
         assert os.listdir(root / STAGING) == []
-        episodes = [r.episode for r in reopened.list()]
+        episodes = [r.episode for r in reopened.checkpoints()]
         assert episodes == ([1, 2] if decided else [1])
         _assert_nothing_torn(reopened)
         rolled = [
-            e.checkpoint for e in reopened.registry.events(run_name, kinds=["checkpoint_rolled_forward"])
+            e.checkpoint
+            for e in reopened.registry.events(run_name, kinds=[EventKind.CHECKPOINT_ROLLED_FORWARD])
         ]
         # After a failed rename the first reader rolled it forward; a failed fsync after the rename had
         # nothing left to roll.
@@ -147,7 +149,7 @@ def test_registry_failure_before_commit_leaves_nothing(
             store.save(STATE, episode=2, lease=lease)
         assert raised.value.step == "registry" and not raised.value.committed
         assert os.listdir(store.root / STAGING) == []
-        assert [r.episode for r in store.list()] == [1]
+        assert [r.episode for r in store.checkpoints()] == [1]
 
 
 def test_registry_failure_after_commit_is_discovered_and_rolled_forward(

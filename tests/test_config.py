@@ -9,7 +9,7 @@ import pytest
 
 from trainguard import ConfigError
 from trainguard.config import load_config, parse_config
-from trainguard.units import parse_duration, parse_size
+from trainguard.config.units import parse_duration, parse_size
 
 INCIDENT_YAML = textwrap.dedent("""\
     # config/training.yaml

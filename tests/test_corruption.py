@@ -6,18 +6,22 @@ import io
 import json
 import os
 import pickle
+import sqlite3
 from pathlib import Path
 
+import blake3
 import numpy as np
 import pytest
 import torch
-from sqlalchemy import update
 
 from support import run_cli
 from trainguard import CheckpointStore, CorruptCheckpoint, UnsafeCheckpoint
-from trainguard.checkpoints._hashing import hash_bytes
 from trainguard.checkpoints.codecs import read_state
-from trainguard.registry import _schema
+
+
+def hash_bytes(data: bytes) -> str:
+    """The manifest's hash format, computed the way an attacker would: with the blake3 package itself."""
+    return f"blake3:{blake3.blake3(data).hexdigest()}"
 
 
 def _flip(path: Path, offset: int) -> None:
@@ -115,12 +119,16 @@ def test_forged_hashes_still_do_not_let_a_pickle_run(tmp_path: Path, run_name: s
         manifest["files"][0].update(bytes=len(evil.getvalue()), hash=hash_bytes(evil.getvalue()))
         text = json.dumps(manifest).encode()
         (directory / "MANIFEST.json").write_bytes(text)
-        with store.registry.transaction() as conn:
-            conn.execute(
-                update(_schema.checkpoints)
-                .where(_schema.checkpoints.c.name == record.name)
-                .values(manifest_hash=hash_bytes(text))
-            )
+        # ...through the database file itself, as anyone with write access to the store could.
+        database = sqlite3.connect(store.root / ".trainguard" / "registry.db")
+        try:
+            with database:  # commits
+                database.execute(
+                    "UPDATE tg_checkpoints SET manifest_hash = ? WHERE name = ?",
+                    (hash_bytes(text), record.name),
+                )
+        finally:
+            database.close()
         assert store.verify(record.name).ok  # the forgery is consistent...
         with pytest.raises(UnsafeCheckpoint):
             store.load(record.name)  # ...and still refused by the weights_only loader

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from trainguard import CheckpointStore, CheckpointWriteError
-from trainguard.checkpoints._layout import STAGING
+from trainguard.checkpoints.layout import STAGING
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_save_on_a_full_disk_fails_clearly_and_keeps_earlier_checkpoints(tiny_fi
         assert error.errno == errno.ENOSPC and error.step == "write"
         assert "No space left on device" in str(error) and "nothing committed" in str(error)
         assert os.listdir(root / STAGING) == []  # the partial file was removed, freeing the space
-        assert [r.name for r in store.list()] == earlier
+        assert [r.name for r in store.checkpoints()] == earlier
         for name in earlier:
             assert store.verify(name).ok
             assert np.array_equal(store.load(name).state["w"], small["w"])

@@ -10,7 +10,7 @@ import pytest
 
 from guard_support import write_config
 from support import wait_until
-from trainguard import ConfigError, Guard, Registry
+from trainguard import ConfigError, Guard, Registry, StateConflict
 
 
 def _registry(store: Path) -> Registry:
@@ -23,8 +23,7 @@ def test_report_builds_the_decision_histogram_saved_with_the_checkpoint(tmp_path
             guard.report(reward=float(episode), actions=["HOLD", "HOLD", "BUY"])
             guard.report(actions={"SELL": 2})
             if guard.should_checkpoint(episode):
-                record = guard.save({"w": np.zeros(1)})
-                assert record is not None
+                record = guard.save({"w": np.zeros(1)}).result()
                 assert record.metrics["actions"] == {"HOLD": 4, "BUY": 2, "SELL": 4}  # two episodes' worth
                 assert record.metrics["reward"] == float(episode)
                 assert not guard.actions  # the next checkpoint counts from here
@@ -48,11 +47,11 @@ def test_heartbeat_row_file_and_budget_warning(tmp_path: Path) -> None:
         for _ in range(6):
             next(episodes)
             guard.tick(10)
-        registry = guard.parts.registry  # type: ignore[union-attr]
+        registry = guard.registry
         wait_until(lambda: (registry.heartbeat("beat") or {}).get("episode") == 6)
         beat = registry.heartbeat("beat")
         assert beat is not None
-        assert beat["step"] == 60 and beat["rss"] > 0 and beat["token"] == guard.parts.lease.token  # type: ignore[union-attr]
+        assert beat["step"] == 60 and beat["rss"] > 0 and beat["token"] == guard.lease.token
         on_disk = json.loads((store / ".trainguard" / "beat_heartbeat.json").read_text())
         assert on_disk["pid"] == __import__("os").getpid() and "runtime_hours" in on_disk
         episodes.close()
@@ -84,7 +83,9 @@ def test_launcher_marker_for_another_run_is_refused(tmp_path: Path, monkeypatch:
 
 def test_loop_api_needs_the_context_manager(tmp_path: Path) -> None:
     guard = Guard(run="bare", store=str(tmp_path / "s"))
-    with pytest.raises(RuntimeError, match="context manager"):
+    with pytest.raises(StateConflict, match="context manager"):
         next(guard.episodes())
+    with pytest.raises(StateConflict, match="not entered"):
+        _ = guard.registry
     with pytest.raises(TypeError):
         Guard(guard.config, max_episodes=3)

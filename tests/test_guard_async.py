@@ -1,4 +1,5 @@
-"""Async saves: same bytes as sync saves, a snapshot taken at save(), errors surfacing on the next call."""
+"""Async saves: same bytes as sync saves, a snapshot taken at save(), one result type in both modes, errors
+surfacing on the next call (once)."""
 
 from __future__ import annotations
 
@@ -40,8 +41,11 @@ def test_async_and_sync_saves_are_byte_identical(tmp_path: Path) -> None:
     for mode in ("sync", "async"):
         with Guard(run=mode, store=str(tmp_path / mode), async_=(mode == "async")) as guard:
             for episode in guard.episodes():
-                returned = guard.save(_state(episode), metrics={"loss": 0.5})
-                assert (returned is None) == (mode == "async")  # async: the record arrives later
+                result = guard.save(_state(episode), metrics={"loss": 0.5})
+                assert result.name == f"ep{episode:08d}-t1"  # known at once, in either mode
+                assert result.done() or mode == "async"  # a synchronous save is done when save() returns
+                record = result.result(timeout=60)  # async: waits for the background commit
+                assert (record.name, record.episode, record.metrics["loss"]) == (result.name, episode, 0.5)
                 if episode == 3:
                     break
         assert guard.last_checkpoint is not None and guard.last_checkpoint.episode == 3  # set once written
@@ -59,9 +63,9 @@ def test_async_save_is_a_snapshot_taken_at_save_time(tmp_path: Path) -> None:
             guard.save({"w": weights})
             weights.add_(1.0)  # training goes on while the writer writes
             break
-        saver = guard.parts.saver  # type: ignore[union-attr]
-        record = saver.wait()  # type: ignore[union-attr]
-        loaded = guard.parts.store.load(record.name)  # type: ignore[union-attr]
+        record = guard.wait_for_saves()
+        assert record is not None
+        loaded = guard.store.load(record.name)
     assert float(loaded.state["w"].sum()) == 0.0 and float(weights.sum()) == float(1 << 20)
 
 
@@ -78,7 +82,7 @@ def test_writer_failure_surfaces_on_the_next_save(tmp_path: Path, monkeypatch: p
         monkeypatch.setattr("trainguard.checkpoints._durable.os.fsync", fail_once_in_the_writer)
         episodes = guard.episodes()
         next(episodes)
-        assert guard.save({"w": np.ones(8)}) is None  # returns at once; the failure happens in the background
+        guard.save({"w": np.ones(8)})  # returns at once; the failure happens in the background
         next(episodes)
         with pytest.raises(CheckpointWriteError, match="injected writer failure") as raised:
             guard.save({"w": np.ones(8)})
@@ -88,6 +92,30 @@ def test_writer_failure_surfaces_on_the_next_save(tmp_path: Path, monkeypatch: p
         episodes.close()
     with Registry.open(f"sqlite:///{tmp_path / 's/.trainguard/registry.db'}") as registry:
         assert [r.episode for r in registry.checkpoints("fail")] == [2]  # episode 1's save failed, 2's worked
+
+
+def test_an_error_taken_from_the_result_is_not_raised_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail_in_the_writer(fd: int) -> None:
+        if threading.current_thread().name == "trainguard-async-save":
+            raise OSError(errno.EIO, "injected writer failure")
+        _real_fsync(fd)
+
+    with Guard(run="seen", store=str(tmp_path / "s"), async_=True) as guard:
+        with monkeypatch.context() as patch:
+            patch.setattr("trainguard.checkpoints._durable.os.fsync", fail_in_the_writer)
+            episodes = guard.episodes()
+            next(episodes)
+            result = guard.save({"w": np.ones(8)})
+            with pytest.raises(CheckpointWriteError, match="injected writer failure"):
+                result.result(timeout=60)
+        assert result.done() and "failed" in repr(result)
+        next(episodes)
+        second = guard.save({"w": np.ones(8)})  # the failure was reported once, by result()
+        assert second.result(timeout=60).episode == 2
+        assert guard.wait_for_saves() == second.result()
+        episodes.close()
 
 
 def test_writer_failure_of_the_last_save_surfaces_on_exit(
@@ -114,7 +142,7 @@ def test_a_save_in_flight_when_the_lease_is_revoked_is_refused(
 ) -> None:
     gate, staged = threading.Event(), threading.Event()
     with Guard(run="inflight", store=str(tmp_path / "s"), async_=True) as guard:
-        registry = guard.parts.registry  # type: ignore[union-attr]
+        registry = guard.registry
         real_commit = registry.commit_checkpoint
 
         def commit_after_the_revocation(*args: Any, **kwargs: Any) -> Any:

@@ -45,7 +45,7 @@ def test_fifty_episodes_in_total_over_three_restarts(
         with tg.CheckpointStore(tmp_path / "store", run=run_name, registry=registry) as store:
             with pytest.raises(CommitRefused, match="episode 51 is beyond the run's budget of 50"):
                 store.save({"w": np.zeros(1)}, episode=51, lease=lease)
-            assert max(r.episode for r in store.list()) == 50
+            assert max(r.episode for r in store.checkpoints()) == 50
 
 
 def test_a_killed_process_never_hands_budget_back(tmp_path: Path) -> None:
@@ -60,7 +60,7 @@ def test_a_killed_process_never_hands_budget_back(tmp_path: Path) -> None:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     with _registry(tmp_path) as registry:
-        charged = registry.run_info("killed").episodes_spent  # type: ignore[union-attr]
+        charged = registry.run("killed").episodes_spent
     assert charged >= 10  # reserved ahead: the kill cost at least what was run
     rest = run_worker(config)
     assert charged + len(rest["episodes"]) <= 40
@@ -72,8 +72,8 @@ def test_a_restart_cannot_raise_a_limit_but_an_extension_can(tmp_path: Path) -> 
     assert len(run_worker(config)["episodes"]) == 5
     raised = write_config(tmp_path, "limited", limits={"max_episodes": 8})
     result = subprocess.run(worker(raised), capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode != 0 and "limits.max_episodes = 8: the run was given 5" in result.stderr
-    assert "trainguard budget extend limited --episodes" in result.stderr
+    assert result.returncode != 0 and "limits.max_episodes = 8: run 'limited' was given 5" in result.stderr
+    assert "only an audited budget extension can" in result.stderr
     extend = run_cli(
         "budget",
         "extend",
@@ -104,8 +104,8 @@ def test_extension_reaches_a_running_guard(tmp_path: Path) -> None:
         for episode in guard.episodes():
             done.append(episode)
             if episode == 2:
-                guard.parts.registry.extend_budget("live-extend", episodes=2, reason="test")  # type: ignore[union-attr]
-                wait_until(lambda: guard.parts.episodes.limit == 5, timeout=5)  # type: ignore[union-attr]
+                guard.registry.extend_budget("live-extend", episodes=2, reason="test")
+                wait_until(lambda: guard.limits.episodes == 5, timeout=5)
     assert done == [1, 2, 3, 4, 5] and guard.stop_reason is StopReason.EPISODES
 
 
@@ -119,7 +119,7 @@ def test_step_budget_stops_at_the_exact_tick(tmp_path: Path) -> None:
                     break
     assert guard.stop_reason is StopReason.STEPS and guard.steps == 1000
     with _registry(tmp_path) as registry:
-        assert registry.run_info("steps").steps_spent == 1000  # type: ignore[union-attr]
+        assert registry.run("steps").steps_spent == 1000
 
 
 def test_runtime_budget_is_cumulative(tmp_path: Path) -> None:
@@ -133,7 +133,7 @@ def test_runtime_budget_is_cumulative(tmp_path: Path) -> None:
                 __import__("time").sleep(0.05)
     assert guard.stop_reason is StopReason.RUNTIME
     with _registry(tmp_path) as registry:
-        spent = registry.run_info("clock").runtime_spent  # type: ignore[union-attr]
+        spent = registry.run("clock").runtime_spent
     assert 0.6 <= spent < 1.2
 
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from guard_support import run_worker, write_config
-from trainguard import FingerprintMismatch, Guard
+from trainguard import CheckpointState, FingerprintMismatch, Guard
 from trainguard.fingerprint import compute, differences
 
 FEATURES = textwrap.dedent("""\
@@ -57,7 +57,7 @@ def test_same_content_reformatted_is_accepted(tmp_path: Path) -> None:
     with Guard.from_config(config) as guard:
         restored = guard.resume()
         assert restored is not None and restored.episode == 4
-        assert restored.manifest.fingerprint == guard.fingerprint.digest  # type: ignore[union-attr]
+        assert guard.fingerprint is not None and restored.manifest.fingerprint == guard.fingerprint.digest
         assert next(iter(guard.episodes())) == 5
 
 
@@ -68,7 +68,8 @@ def test_resume_skips_a_corrupt_newest_checkpoint_and_quarantines_it(tmp_path: P
     with Guard.from_config(config) as guard:
         restored = guard.resume()
         assert restored is not None and restored.episode == 2
-        assert [r.name for r in guard.parts.store.list(states=("quarantined",))] == ["ep00000004-t1"]  # type: ignore[union-attr]
+        quarantined = guard.store.checkpoints(states=(CheckpointState.QUARANTINED,))
+        assert [r.name for r in quarantined] == ["ep00000004-t1"]
 
 
 def test_a_guard_without_features_will_not_resume_a_fingerprinted_checkpoint(tmp_path: Path) -> None:
@@ -98,7 +99,8 @@ def test_fingerprint_lands_in_every_manifest(tmp_path: Path) -> None:
             guard.save({"w": np.zeros(2)})
             if episode == 2:
                 break
-        manifests = [guard.parts.store.manifest(r.name) for r in guard.parts.store.list()]  # type: ignore[union-attr]
-    assert {m.fingerprint for m in manifests} == {guard.fingerprint.digest}  # type: ignore[union-attr]
-    assert manifests[0].features == guard.fingerprint.content  # type: ignore[union-attr]
+        manifests = [guard.store.manifest(r.name) for r in guard.store.checkpoints()]
+    fingerprint = guard.fingerprint
+    assert fingerprint is not None and {m.fingerprint for m in manifests} == {fingerprint.digest}
+    assert manifests[0].features == fingerprint.content
     assert manifests[0].features["normalisation"]["price_std"] == 0.012

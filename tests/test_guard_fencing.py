@@ -124,7 +124,7 @@ def test_saves_after_fencing_raise_lease_lost(tmp_path: Path) -> None:
     with Guard(run="r", store=str(tmp_path / "s"), heartbeat_interval=0.05, lease_ttl=1) as guard:
         for episode in guard.episodes():
             guard.save({"w": np.zeros(2)})
-            guard.parts.registry.revoke("r", "test")  # type: ignore[union-attr]
+            guard.registry.revoke("r", "test")
             with pytest.raises(LeaseLost):
                 guard.save({"w": np.ones(2)}, episode=episode)  # refused by the store: fenced on the spot
             with pytest.raises(LeaseLost, match="revoked: test"):

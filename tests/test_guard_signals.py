@@ -7,21 +7,24 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 
 from guard_support import summary_of, worker, write_config
 from support import spawned
 from trainguard import Guard, Registry, StopReason
+from trainguard.registry import LeaseState
 
 
 def _registry(tmp_path: Path) -> Registry:
     return Registry.open(f"sqlite:///{tmp_path / 'store' / '.trainguard' / 'registry.db'}")
 
 
-def _read_until(stream: object, prefix: str) -> None:
+def _read_until(stream: IO[str] | None, prefix: str) -> None:
+    assert stream is not None, "the process was started without a pipe"
     while True:
-        line = stream.readline()  # type: ignore[attr-defined]
+        line = stream.readline()
         assert line, f"stream ended before {prefix!r}"
         if prefix in line:
             return
@@ -112,8 +115,11 @@ def test_an_exception_in_the_loop_is_recorded_and_cleans_up(tmp_path: Path) -> N
 
     with pytest.raises(ValueError, match="nan loss"), Guard(run="boom", store=str(tmp_path / "s")) as guard:
         train(guard)
-    assert guard.stop_reason is StopReason.ERROR and "nan loss" in guard.stop.detail  # type: ignore[union-attr]
+    assert (
+        guard.stop is not None and guard.stop.reason is StopReason.ERROR and "nan loss" in guard.stop.detail
+    )
     assert set(threading.enumerate()) == threads_before
     with Registry.open(f"sqlite:///{tmp_path / 's' / '.trainguard' / 'registry.db'}") as registry:
-        assert registry.lease_info("boom").state == "released"  # type: ignore[union-attr]
-        assert registry.run_info("boom").episodes_spent == 1  # type: ignore[union-attr]
+        lease = registry.lease_info("boom")
+        assert lease is not None and lease.state is LeaseState.RELEASED
+        assert registry.run("boom").episodes_spent == 1

@@ -15,6 +15,7 @@ import yaml
 
 from support import run_cli
 from trainguard import (
+    CheckpointState,
     CheckpointStore,
     CommitFenced,
     CorruptCheckpoint,
@@ -25,7 +26,7 @@ from trainguard import (
 )
 from trainguard.config import Gates
 from trainguard.fingerprint import compute
-from trainguard.health.promotion import Promoter
+from trainguard.promotion import Promoter
 
 FEATURES = "window: 64\nnormalisation: {price_mean: 1.0842, price_std: 0.012}\n"
 HOLD_ONLY = {"HOLD": 970, "BUY": 15, "SELL": 15}
@@ -143,7 +144,8 @@ def test_live_model_swaps_in_a_good_promotion(tmp_path: Path) -> None:
         "swt", registry=_url(tmp_path), features=tmp_path / "features.yaml", poll_interval=3600
     ) as model:
         assert run_cli("promote", "swt", "-c", str(config)).returncode == 0  # the best: second
-        assert model.refresh() is True and model.current.name == second  # type: ignore[union-attr]
+        assert model.refresh() is True
+        assert model.current is not None and model.current.name == second
 
 
 def _files_outside_registry(root: Path) -> int:
@@ -183,7 +185,7 @@ def test_recover_pins_and_serves_the_last_good_and_quarantines_the_rest(tmp_path
     with CheckpointStore(store_dir, run="swt") as store:
         good = store.record("ep00000400-t1")
         assert good.pinned and store.registry.live_pointer("swt") == good.name
-        assert [r.episode for r in store.list()] == [100, 200, 300, 400]
+        assert [r.episode for r in store.checkpoints()] == [100, 200, 300, 400]
         with pytest.raises(CommitFenced, match="revoked: recover: rogue training"):
             store.save({"w": np.zeros(4, dtype=np.float32)}, episode=1100, lease=old)
         assert store.verify("ep00001000-t1").ok  # quarantined, intact
@@ -223,7 +225,7 @@ def test_quarantine_after_episode_and_rollback(tmp_path: Path) -> None:
     assert "the live pointer is on" not in scan_before.stdout  # live is healthy again
     with Registry.open(f"sqlite:///{store_dir / '.trainguard' / 'registry.db'}") as registry:
         assert registry.live_pointer("swt") == "ep00000010-t1"
-        registry.set_checkpoint_state("swt", "ep00000010-t1", "quarantined", reason="test")
+        registry.set_checkpoint_state("swt", "ep00000010-t1", CheckpointState.QUARANTINED, reason="test")
     scan = run_cli("incident", "scan", str(store_dir))
     assert (
         scan.returncode == 1 and "the live pointer is on ep00000010-t1, which is quarantined" in scan.stdout
@@ -277,8 +279,10 @@ def test_adopt_legacy_files(tmp_path: Path) -> None:
     with CheckpointStore(tmp_path / "store", run="swt") as store:
         adopted = store.load("latest")
         assert adopted.episode == 13475 and torch.equal(adopted.state["weight"], model.weight.detach())
-        assert adopted.manifest.origin["adopted_from"].endswith("checkpoint_ep013475.pth")  # type: ignore[index]
-        assert adopted.manifest.fingerprint == compute([str(tmp_path / "features.yaml")]).digest  # type: ignore[union-attr]
+        origin = adopted.manifest.origin
+        assert origin is not None and origin["adopted_from"].endswith("checkpoint_ep013475.pth")
+        features = compute([str(tmp_path / "features.yaml")])
+        assert features is not None and adopted.manifest.fingerprint == features.digest
         assert (tmp_path / "store" / adopted.name / "state.pt").read_bytes() == good_bytes  # byte for byte
 
 

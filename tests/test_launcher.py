@@ -16,8 +16,7 @@ import pytest
 from guard_support import write_config
 from support import helper_command, spawned, wait_until
 from trainguard import Registry
-from trainguard.identity import is_same_process_alive
-from trainguard.supervise.watchdog import Watchdog
+from trainguard.supervise import Watchdog, is_same_process_alive
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the launcher needs Linux")
 
@@ -87,7 +86,7 @@ def test_the_guard_inside_adopts_the_launchers_lease_and_sigterm_is_forwarded(tm
         "-c",
         str(config),
         "--",
-        *helper_command("guard_worker.py", str(config), "--episode-seconds", "0.3", "--linger", "1"),
+        *helper_command("guard_worker.py", str(config), "--episode-seconds", "0.3", "--linger", "2"),
     )
     with spawned(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as launcher:
         assert launcher.stdout is not None
@@ -107,7 +106,7 @@ def test_the_guard_inside_adopts_the_launchers_lease_and_sigterm_is_forwarded(tm
         assert exited.detail["reason"] == "signal"
         # Runtime is charged once: by the launcher until the Guard registered, by the Guard after that.
         launched = next(e for e in events if e.kind == "launcher_started")
-        spent = registry.run_info("adopted").runtime_spent  # type: ignore[union-attr]
+        spent = registry.run("adopted").runtime_spent
         assert spent <= exited.at - launched.at + 0.5
 
 
@@ -168,7 +167,7 @@ def test_runtime_is_charged_once_when_a_guard_takes_over_the_accounting(tmp_path
         "--episodes-per-run",
         "3",
         "--linger",
-        "1.5",
+        "3",
     )
     done = subprocess.run(
         _run("-c", str(config), "--", *worker), capture_output=True, text=True, timeout=120, check=False
@@ -178,5 +177,5 @@ def test_runtime_is_charged_once_when_a_guard_takes_over_the_accounting(tmp_path
         events = registry.events("once")
         launched = next(e for e in events if e.kind == "launcher_started")
         guard_stopped = next(e for e in events if e.kind == "guard_stopped")
-        spent = registry.run_info("once").runtime_spent  # type: ignore[union-attr]
+        spent = registry.run("once").runtime_spent
     assert spent <= guard_stopped.at - launched.at + 0.5

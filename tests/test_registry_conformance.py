@@ -10,18 +10,26 @@ import pytest
 from support import helper_command, wait_until
 from trainguard import (
     CheckpointRecord,
-    ConfigError,
+    CheckpointState,
+    InvalidArgument,
     InvalidName,
     LeaseHeld,
     LeaseLost,
     Registry,
     RegistryError,
+    StateConflict,
 )
-from trainguard.identity import ProcessIdentity
+from trainguard.registry import LeaseInfo, ProcessIdentity
 
 
 def _kinds(registry: Registry, run: str) -> list[str]:
     return [e.kind for e in registry.events(run)]
+
+
+def _lease(registry: Registry, run: str) -> LeaseInfo:
+    info = registry.lease_info(run)
+    assert info is not None, f"run {run!r} has no lease row"
+    return info
 
 
 def test_tokens_strictly_increase_and_are_never_reused(registry: Registry, run_name: str) -> None:
@@ -125,14 +133,14 @@ def test_revoke_by_another_process_fences_the_holder(
 
 def test_revoke_needs_a_reason_and_is_a_no_op_without_a_holder(registry: Registry, run_name: str) -> None:
     registry.ensure_run(run_name)
-    with pytest.raises(ConfigError):
+    with pytest.raises(InvalidArgument, match="reason"):
         registry.revoke(run_name, "  ")
     assert registry.revoke(run_name, "nothing held") is None
 
 
 def test_lease_expires_by_ttl(registry: Registry, run_name: str) -> None:
     lease = registry.acquire(run_name, ttl=0.3)
-    wait_until(lambda: not registry.lease_info(run_name).live, timeout=5, what="lease expiry")  # type: ignore[union-attr]
+    wait_until(lambda: not _lease(registry, run_name).live, timeout=5, what="lease expiry")
     with pytest.raises(LeaseLost, match="expired"):
         lease.renew()
     # Expired means a new holder needs no takeover, and the old lease's end is recorded.
@@ -199,8 +207,8 @@ def test_live_pointer_moves_only_to_committed_checkpoints(registry: Registry, ru
     registry.set_live_pointer(run_name, "a", reason="first")
     registry.set_live_pointer(run_name, "b", reason="better")
     assert registry.live_pointer(run_name) == "b"
-    registry.set_checkpoint_state(run_name, "a", "quarantined", reason="bad")
-    with pytest.raises(LookupError):
+    registry.set_checkpoint_state(run_name, "a", CheckpointState.QUARANTINED, reason="bad")
+    with pytest.raises(StateConflict, match="quarantined"):
         registry.set_live_pointer(run_name, "a", reason="rollback to a quarantined one")
     moves = [e for e in registry.events(run_name) if e.kind == "live_moved"]
     assert [(e.checkpoint, e.detail["from"]) for e in moves] == [("a", None), ("b", "a")]
@@ -213,8 +221,8 @@ def test_pinned_and_live_checkpoints_cannot_be_evicted(registry: Registry, run_n
     registry.set_pinned(run_name, "a", True, reason="last good")
     registry.set_live_pointer(run_name, "b", reason="live")
     for name in ("a", "b"):
-        with pytest.raises(LookupError, match="pinned or live"):
-            registry.set_checkpoint_state(run_name, name, "evicted", reason="retention")
+        with pytest.raises(StateConflict, match="pinned or live"):
+            registry.set_checkpoint_state(run_name, name, CheckpointState.EVICTED, reason="retention")
 
 
 def test_bad_run_names_are_refused(registry: Registry) -> None:

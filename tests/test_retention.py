@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from trainguard.checkpoints.retention import (
     Candidate,
+    Policy,
     evictions,
     from_settings,
     keep_all,
@@ -49,10 +50,24 @@ HISTORY = [
         (union(), set()),
         (keep_all, {c.name for c in HISTORY}),
     ],
-    ids=lambda v: "" if callable(v) else None,
+    ids=lambda v: repr(v) if isinstance(v, Policy) else "",
 )
-def test_policies_keep(policy, kept: set[str]) -> None:  # type: ignore[no-untyped-def]
+def test_policies_keep(policy: Policy, kept: set[str]) -> None:
     assert policy(HISTORY) == kept
+
+
+def test_policies_are_values_with_a_readable_repr_that_compose() -> None:
+    policy = keep_last(3) | keep_best(1, "expectancy") | keep_every(1000)
+    assert repr(policy) == (
+        "KeepUnion(policies=(KeepLast(n=3), KeepBest(k=1, metric='expectancy', mode='max'), "
+        "KeepEvery(n=1000)))"
+    )
+    assert policy == union(keep_last(3), keep_best(1, "expectancy"), keep_every(1000))  # compared by value
+    assert hash(policy) == hash(union(keep_last(3), keep_best(1, "expectancy"), keep_every(1000)))
+    assert keep_last(3) != keep_last(4)
+    assert from_settings(3, 1, "expectancy", "max", 1000) == policy  # what a config describes
+    assert from_settings(None, 1, "expectancy") == keep_all  # no window: nothing is ever evicted
+    assert policy(HISTORY) == {"ep400", "ep500", "ep1000", "ep200"}
 
 
 @pytest.mark.parametrize(
@@ -93,7 +108,7 @@ def test_same_episode_twice_keeps_the_later_commit() -> None:
         lambda: keep_last(-1),
         lambda: keep_best(-1, "m"),
         lambda: keep_every(0),
-        lambda: keep_best(1, "m", "median"),  # type: ignore[arg-type]
+        lambda: keep_best(1, "m", cast(Any, "median")),
     ],
 )
 def test_bad_settings_are_refused(bad: Callable[[], object]) -> None:

@@ -16,9 +16,8 @@ import pytest
 
 from support import helper_command, run_cli, spawned, wait_until
 from trainguard import CheckpointStore, Registry
-from trainguard.identity import is_same_process_alive
-from trainguard.supervise.ladder import Target, run_ladder
-from trainguard.supervise.watchdog import Watchdog
+from trainguard.registry import EventKind, LeaseState, ProcessIdentity, ProcessRole
+from trainguard.supervise import Target, Violation, Watchdog, is_same_process_alive, run_ladder
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc scans need Linux")
 
@@ -58,8 +57,9 @@ def test_detached_rogue_with_a_stale_token_is_refused_named_and_killed(tmp_path:
         assert psutil.Process(rogue[0]).ppid() != os.getpid()  # not our child any more
         with Registry.open(url) as registry:
             new_holder = registry.acquire("swt", ttl=60, takeover=True, reason="restart after the incident")
-            wait_until(lambda: len(registry.events("swt", kinds=["commit_refused"])) >= 2, timeout=30)
-            refused = registry.events("swt", kinds=["commit_refused"])
+            refusals = [EventKind.COMMIT_REFUSED]
+            wait_until(lambda: len(registry.events("swt", kinds=refusals)) >= 2, timeout=30)
+            refused = registry.events("swt", kinds=refusals)
             assert all(e.token == stale.token and e.detail["writer"]["pid"] == rogue[0] for e in refused)
             assert [r.name for r in registry.checkpoints("swt")] == ["ep00013475-t1"]  # nothing got through
 
@@ -78,14 +78,15 @@ def test_detached_rogue_with_a_stale_token_is_refused_named_and_killed(tmp_path:
             # ...rogue_action: kill stops it.
             registry.apply_limits("swt", {"rogue_action": "kill", "grace": 1.0})
             report = Watchdog(registry, interval=1).sweep()
-            stopped = [(f, ladder) for f, ladder in report.ladders if f.reason == "rogue"]
+            stopped = [(f, ladder) for f, ladder in report.ladders if f.reason is Violation.ROGUE]
             assert stopped and stopped[0][1] is not None and rogue[0] in [p for p, _ in stopped[0][1].signals]
             wait_until(lambda: not is_same_process_alive(*rogue), timeout=10)
             event = next(e for e in registry.events("swt") if e.kind == "watchdog_stopped")
             assert (
                 event.detail["reason"] == "rogue" and event.detail["evidence"]["process"]["pid"] == rogue[0]
             )
-            assert registry.lease_info("swt").token == new_holder.token  # type: ignore[union-attr]
+            lease = registry.lease_info("swt")
+            assert lease is not None and lease.token == new_holder.token
     finally:
         if rogue is not None and is_same_process_alive(*rogue):
             os.kill(rogue[0], signal.SIGKILL)
@@ -118,16 +119,14 @@ def test_watchdog_and_stop_with_a_recycled_registration_signal_nothing(tmp_path:
         spawned([sys.executable, "-c", "import time; time.sleep(60)"]) as bystander,
         Registry.open(url) as registry,
     ):
-        from trainguard.identity import ProcessIdentity
-
         me = ProcessIdentity.current()
         stale = ProcessIdentity(
             me.host, me.host_key, bystander.pid, psutil.Process(bystander.pid).create_time() - 50
         )
         # ...and a registration whose pid now belongs to an unrelated process (the bystander).
-        registry.register_process("recycled", holder_token, "child", stale)
+        registry.register_process("recycled", holder_token, ProcessRole.CHILD, stale)
         report = Watchdog(registry, interval=1, grace=0.2).sweep()
-        assert [f.reason for f in report.findings] == ["holder_gone"]
+        assert [f.reason for f in report.findings] == [Violation.HOLDER_GONE]
         assert report.ladders[0][1] is None  # nothing to signal: no registered process is alive
         stop = run_cli("stop", "recycled", "--registry", url, "--reason", "test", "--grace", "0.2s")
         assert stop.returncode == 0, stop.stderr
@@ -138,4 +137,4 @@ def test_watchdog_and_stop_with_a_recycled_registration_signal_nothing(tmp_path:
         time.sleep(0.3)
         assert bystander.poll() is None
         lease = registry.lease_info("recycled")
-        assert lease is not None and lease.state == "revoked"
+        assert lease is not None and lease.state is LeaseState.REVOKED

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -38,8 +39,8 @@ def _model(seed: int = 0) -> PPO:
     )
 
 
-def _guard(tmp_path: Path, **settings: object) -> Guard:
-    return Guard(run="sb3", store=str(tmp_path / "store"), install_signal_handlers=False, **settings)  # type: ignore[arg-type]
+def _guard(tmp_path: Path, **settings: Any) -> Guard:
+    return Guard(run="sb3", store=str(tmp_path / "store"), install_signal_handlers=False, **settings)
 
 
 def test_budget_stops_learn_midway(tmp_path: Path) -> None:
@@ -54,7 +55,7 @@ def test_budget_stops_learn_midway(tmp_path: Path) -> None:
         assert [r.episode for r in records] == [5, 10, 12]  # the cadence and a final checkpoint
         actions = records[-1].metrics["actions"]
         assert set(actions) <= set(ACTIONS) and sum(actions.values()) > 0  # the decision histogram
-        assert registry.run_info("sb3").episodes_spent == 12  # type: ignore[union-attr]
+        assert registry.run("sb3").episodes_spent == 12
 
 
 def test_resume_continues_the_count_and_restores_the_weights(tmp_path: Path) -> None:
@@ -63,7 +64,7 @@ def test_resume_continues_the_count_and_restores_the_weights(tmp_path: Path) -> 
         first.learn(total_timesteps=10**7, callback=GuardCallback(guard, action_names=ACTIONS))
         saved = {k: v.clone() for k, v in first.policy.state_dict().items()}
         timesteps = first.num_timesteps
-        guard.parts.registry.extend_budget("sb3", episodes=4, reason="four more")  # type: ignore[union-attr]
+        guard.registry.extend_budget("sb3", episodes=4, reason="four more")
     with _guard(tmp_path, max_episodes=6, every_episodes=3) as guard:  # 6 + the extension
         second = _model(seed=2)  # different initial weights
         restored = resume(second, guard)
@@ -86,7 +87,7 @@ def test_resume_continues_the_count_and_restores_the_weights(tmp_path: Path) -> 
 def test_a_revoked_lease_stops_learn(tmp_path: Path) -> None:
     with _guard(tmp_path, heartbeat_interval=0.05, lease_ttl=1, every_episodes=1000) as guard:
         model = _model()
-        registry = guard.parts.registry  # type: ignore[union-attr]
+        registry = guard.registry
         revoker = threading.Timer(1.0, lambda: registry.revoke("sb3", "operator: stop this run"))
         revoker.start()
         try:
@@ -96,5 +97,5 @@ def test_a_revoked_lease_stops_learn(tmp_path: Path) -> None:
         with pytest.raises(LeaseLost, match="operator: stop this run"):
             guard.save({"w": np.zeros(1)}, episode=1)  # and nothing it writes can be committed
     assert guard.stop_reason is StopReason.LEASE_LOST
-    assert "operator: stop this run" in guard.stop.detail  # type: ignore[union-attr]
+    assert guard.stop is not None and "operator: stop this run" in guard.stop.detail
     assert model.num_timesteps < 50_000  # it stopped, it did not train on for the full budget

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,19 +13,22 @@ import torch
 from safetensors.numpy import load_file
 
 from trainguard import (
-    CheckpointNotFound,
     CheckpointRejected,
+    CheckpointState,
     CheckpointStore,
     CommitFenced,
     CommitRefused,
-    ConfigError,
+    InvalidArgument,
     InvalidName,
     LeaseLost,
     Registry,
+    RunNotFound,
+    StateConflict,
     retention,
 )
-from trainguard.checkpoints._layout import QUARANTINE, STAGING, StagingName, reason_file
-from trainguard.identity import ProcessIdentity
+from trainguard.checkpoints import Manifest, Validation
+from trainguard.checkpoints.layout import QUARANTINE, STAGING, StagingName, reason_file
+from trainguard.registry import ProcessIdentity
 
 
 def _model_state() -> dict[str, object]:
@@ -104,14 +108,14 @@ def test_torch_format_refuses_at_save_what_it_could_not_load_safely(tmp_path: Pa
         lease = store.registry.acquire(run_name, ttl=30)
         with pytest.raises(CheckpointRejected, match=r"Unsupported global: GLOBAL numpy\S*_reconstruct"):
             store.save({"rng": np.arange(3)}, episode=1, lease=lease)
-        assert store.list() == []
+        assert store.checkpoints() == []
 
 
 def test_list_latest_and_default_names(store: CheckpointStore) -> None:
     lease = store.registry.acquire(store.run, ttl=30)
     for episode in (5, 25, 15):
         store.save({"x": np.zeros(2)}, episode=episode, lease=lease)
-    assert [r.episode for r in store.list()] == [5, 15, 25]
+    assert [r.episode for r in store.checkpoints()] == [5, 15, 25]
     latest = store.latest()
     assert latest is not None and latest.name == f"ep00000025-t{lease.token}"
     assert store.load("latest").episode == 25
@@ -130,7 +134,7 @@ def test_stale_token_is_fenced_and_set_aside_as_evidence(store: CheckpointStore)
     with pytest.raises(CommitFenced) as raised:
         store.save({"x": np.ones(3)}, episode=7, lease=stale)
     assert isinstance(raised.value, LeaseLost) and isinstance(raised.value, CommitRefused)
-    assert store.list() == []
+    assert store.checkpoints() == []
     parked = list((store.root / QUARANTINE).glob("ep00000007-*"))
     directories = [p for p in parked if p.is_dir()]
     assert len(directories) == 1
@@ -150,7 +154,7 @@ def test_budget_is_enforced_at_commit(store: CheckpointStore) -> None:
     store.save({"x": np.ones(1)}, episode=10, lease=lease)
     with pytest.raises(CommitRefused, match="beyond the run's budget of 10"):
         store.save({"x": np.ones(1)}, episode=11, lease=lease)
-    assert [r.episode for r in store.list()] == [10]
+    assert [r.episode for r in store.checkpoints()] == [10]
     assert any(e.kind == "commit_refused" for e in store.registry.events(store.run))
 
 
@@ -162,20 +166,21 @@ def test_non_finite_values_and_pickle_only_objects_are_rejected(store: Checkpoin
         store.save({"w": bad}, episode=1, lease=lease)
     with pytest.raises(CheckpointRejected, match="cannot be stored without pickle"):
         store.save({"obj": object()}, episode=1, lease=lease)
-    assert store.list() == [] and not os.listdir(store.root / STAGING)
+    assert store.checkpoints() == [] and not os.listdir(store.root / STAGING)
 
 
 def test_user_validator_can_refuse(tmp_path: Path, run_name: str) -> None:
-    def no_negative_episode_reward(_staging: Path, manifest: object) -> None:
-        if manifest.metrics.get("reward", 0) < 0:  # type: ignore[attr-defined]
+    def no_negative_episode_reward(_staging: Path, manifest: Manifest) -> None:
+        if manifest.metrics.get("reward", 0) < 0:
             raise ValueError("reward is negative")
 
-    with CheckpointStore(tmp_path / "s", run=run_name, validators=[no_negative_episode_reward]) as store:
+    hooks = Validation(hooks=(no_negative_episode_reward,))
+    with CheckpointStore(tmp_path / "s", run=run_name, validation=hooks) as store:
         lease = store.registry.acquire(run_name, ttl=30)
         with pytest.raises(CheckpointRejected, match="reward is negative"):
             store.save({"x": np.ones(1)}, episode=1, lease=lease, metrics={"reward": -1})
         store.save({"x": np.ones(1)}, episode=1, lease=lease, metrics={"reward": 1})
-        assert len(store.list()) == 1
+        assert len(store.checkpoints()) == 1
 
 
 def test_pin_quarantine_and_release(store: CheckpointStore) -> None:
@@ -190,7 +195,7 @@ def test_pin_quarantine_and_release(store: CheckpointStore) -> None:
         parked.is_dir()
         and json.loads(reason_file(parked).read_text())["reason"] == "trained on wrong features"
     )
-    with pytest.raises(CheckpointNotFound, match="quarantined"):
+    with pytest.raises(StateConflict, match="quarantined"):
         store.load(record.name)
     assert store.verify(record.name).ok  # quarantined, not damaged
     store.release(record.name)
@@ -207,7 +212,7 @@ def test_pin_quarantine_and_release(store: CheckpointStore) -> None:
 def test_quarantine_needs_a_reason(store: CheckpointStore) -> None:
     lease = store.registry.acquire(store.run, ttl=30)
     record = store.save({"x": np.arange(1)}, episode=1, lease=lease)
-    with pytest.raises(ConfigError):
+    with pytest.raises(InvalidArgument, match="reason"):
         store.quarantine(record.name, reason=" ")
 
 
@@ -216,15 +221,15 @@ def test_retention_runs_after_commit_and_protects_pinned_live_resumed(tmp_path: 
     with CheckpointStore(tmp_path / "s", run=run_name, retention_policy=policy) as store:
         lease = store.registry.acquire(run_name, ttl=30)
         names = [store.save({"x": np.ones(1)}, episode=e, lease=lease).name for e in range(1, 4)]
-        assert [r.name for r in store.list()] == names[1:]
+        assert [r.name for r in store.checkpoints()] == names[1:]
         assert not (store.root / names[0]).exists()
         store.pin(names[1])
         store.registry.set_live_pointer(run_name, names[2], reason="test")
         store.registry.set_resumed_from(run_name, names[2])
         later = [store.save({"x": np.ones(1)}, episode=e, lease=lease).name for e in range(4, 8)]
-        kept = {r.name for r in store.list()}
+        kept = {r.name for r in store.checkpoints()}
         assert kept == {names[1], names[2], *later[-2:]}
-        evicted = store.list(states=("evicted",))
+        evicted = store.checkpoints(states=(CheckpointState.EVICTED,))
         assert {r.name for r in evicted} == {names[0], *later[:2]}
         assert all(not (store.root / r.name).exists() for r in evicted)
 
@@ -234,9 +239,10 @@ def test_bad_checkpoint_names_and_episodes_are_refused(store: CheckpointStore) -
     for bad in ("../escape", "a/b", "", "x\x00", ".staging"):
         with pytest.raises(InvalidName):
             store.save({"x": np.ones(1)}, episode=1, lease=lease, name=bad)
-    for bad_episode in (-1, 1.5, True):
-        with pytest.raises(ConfigError):
-            store.save({"x": np.ones(1)}, episode=bad_episode, lease=lease)  # type: ignore[arg-type]
+    bad_episodes: list[Any] = [-1, 1.5, True]
+    for bad_episode in bad_episodes:
+        with pytest.raises(InvalidArgument, match="episode"):
+            store.save({"x": np.ones(1)}, episode=bad_episode, lease=lease)
     assert not (store.root.parent / "escape").exists()
     with pytest.raises(InvalidName):
         store.load("../../etc/passwd")
@@ -270,17 +276,17 @@ def test_recovery_removes_staging_of_a_dead_writer_and_keeps_a_live_ones(store: 
 def test_store_registry_defaults_under_the_store(tmp_path: Path, run_name: str) -> None:
     with CheckpointStore(tmp_path / "s", run=run_name) as store:
         assert (tmp_path / "s" / ".trainguard" / "registry.db").exists()
-        assert store.registry.run_info(run_name).store == str((tmp_path / "s").resolve())  # type: ignore[union-attr]
+        assert store.registry.run(run_name).store == str((tmp_path / "s").resolve())
 
 
 def test_lease_of_another_run_is_refused(tmp_path: Path, run_name: str) -> None:
     with CheckpointStore(tmp_path / "s", run=run_name) as store:
         other = store.registry.acquire("other-run", ttl=30)
-        with pytest.raises(ConfigError, match="another run"):
+        with pytest.raises(InvalidArgument, match="another run"):
             store.save({"x": np.ones(1)}, episode=1, lease=other)
 
 
 def test_cli_store_never_creates_a_run(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="not in the registry"):
+    with pytest.raises(RunNotFound, match="not in the registry"):
         CheckpointStore(tmp_path, run="typo-run", create_run=False)
     assert Registry.open(f"sqlite:///{tmp_path / '.trainguard' / 'registry.db'}").run_info("typo-run") is None

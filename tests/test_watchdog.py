@@ -15,7 +15,8 @@ import pytest
 from guard_support import write_config
 from support import helper_command, spawned, wait_until
 from trainguard import Registry
-from trainguard.supervise.watchdog import SweepReport, Watchdog
+from trainguard.registry import EventKind, ProcessIdentity, ProcessRole
+from trainguard.supervise import Evidence, SweepReport, Watchdog, marked_processes
 
 HEARTBEAT = 0.1
 FAST = {
@@ -174,7 +175,7 @@ def test_a_child_in_a_long_save_is_not_killed(tmp_path: Path) -> None:
             timeout=10,
         )
         assert watchdog.sweep().findings == [] and proc.poll() is None
-        beats = registry.events("slowsave", kinds=["checkpoint_committed"])
+        beats = registry.events("slowsave", kinds=[EventKind.CHECKPOINT_COMMITTED])
         assert len(beats) == 1
 
 
@@ -241,25 +242,22 @@ def test_a_child_spawned_during_a_sweep_is_not_mistaken_for_an_orphan(
     # spawn; a sweep scans /proc before it reads the registry. Here the "launch" happens inside the scan.
     import os
 
-    from trainguard.identity import ProcessIdentity
-    from trainguard.supervise import snapshot
-
     url = f"sqlite:///{tmp_path / 'registry.db'}"
-    from trainguard.supervise.procs import marked_processes as real_scan
 
     children: list[subprocess.Popen[bytes]] = []
     with Registry.open(url) as registry:
         registry.ensure_run("racy", store=tmp_path)
         lease = registry.acquire("racy", ttl=30)
 
-        def launch_during_the_scan() -> list[Any]:
-            registry.register_process("racy", lease.token, "launcher", ProcessIdentity.current())
+        def launch_during_the_scan() -> list[Evidence]:
+            registry.register_process("racy", lease.token, ProcessRole.LAUNCHER, ProcessIdentity.current())
             env = {**os.environ, "TRAINGUARD_RUN_ID": "racy", "TRAINGUARD_LEASE_TOKEN": str(lease.token)}
             children.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], env=env))
-            wait_until(lambda: any(e.pid == children[0].pid for e in real_scan()), timeout=10)
-            return real_scan()
+            wait_until(lambda: any(e.pid == children[0].pid for e in marked_processes()), timeout=10)
+            return marked_processes()
 
-        monkeypatch.setattr(snapshot, "marked_processes", launch_during_the_scan)
+        # The sweep's /proc scan is the seam: the launch happens inside it.
+        monkeypatch.setattr("trainguard.supervise._snapshot.marked_processes", launch_during_the_scan)
         try:
             report = Watchdog(registry, interval=1, scan_rogues=False).sweep()
             assert [f for f in report.findings if f.reason == "orphan"] == []

@@ -23,7 +23,7 @@ def wavelet_features(prices: np.ndarray, spec: Spec) -> np.ndarray:
     return np.concatenate(coefficients).astype(np.float32)
 
 
-class SwtEnv(gym.Env[np.ndarray, int]):
+class SwtEnv(gym.Env[np.ndarray, np.int64]):
     def __init__(
         self, prices: np.ndarray, spec: Spec, *, episode_length: int | None = None, random_start: bool = True
     ) -> None:
@@ -38,7 +38,7 @@ class SwtEnv(gym.Env[np.ndarray, int]):
         self.penalty = float(spec["reward"]["drawdown_penalty"])
         size = len(wavelet_features(prices[: self.window], spec)) + 4
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(size,), dtype=np.float32)
-        self.action_space = gym.spaces.Discrete(4)  # type: ignore[assignment]
+        self.action_space = gym.spaces.Discrete(4)
         self._reset_state(self.window)
 
     def _reset_state(self, start: int) -> None:
@@ -90,7 +90,7 @@ class SwtEnv(gym.Env[np.ndarray, int]):
         self.side, self.peak = 0, 0.0
         return pnl
 
-    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def step(self, action: np.int64) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         before = self._unrealised()
         reward = 0.0
         if action == CLOSE and self.side:

@@ -25,7 +25,7 @@ def run_policy(model: Any, env: SwtEnv, names: list[str]) -> dict[str, Any]:
     while not done:
         action, _ = model.predict(observation, deterministic=True)
         decisions[names[int(action)]] += 1
-        observation, reward, done, _, _ = env.step(int(action))
+        observation, reward, done, _, _ = env.step(np.int64(action))
         equity += reward
         peak = max(peak, equity)
         drawdown = max(drawdown, peak - equity)

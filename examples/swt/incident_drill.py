@@ -26,7 +26,8 @@ from typing import Any
 
 from examples.swt.scripting import HERE, ROOT, guard_config, move_aside, trainguard, write_config
 from trainguard import Registry, live
-from trainguard.identity import is_same_process_alive
+from trainguard.registry import EventKind
+from trainguard.supervise import is_same_process_alive
 
 
 def say(text: str) -> None:
@@ -172,7 +173,7 @@ def _rogue_phase(
 def _refusals(registry: Registry, run: str, pid: int) -> list[Any]:
     return [
         e
-        for e in registry.events(run, kinds=["commit_refused"])
+        for e in registry.events(run, kinds=[EventKind.COMMIT_REFUSED])
         if e.detail.get("writer", {}).get("pid") == pid
     ]
 
@@ -203,7 +204,9 @@ def main() -> int:
     with Registry.open(drill.url) as registry:
         live_before = registry.live_pointer(drill.run)
         committed_before = {r.name for r in registry.checkpoints(drill.run)}
-        old_token = max(e.token for e in registry.events(drill.run, kinds=["lease_acquired"]) if e.token)
+        old_token = max(
+            e.token for e in registry.events(drill.run, kinds=[EventKind.LEASE_ACQUIRED]) if e.token
+        )
     files_before = _checkpoint_files(store, committed_before)
     with live.LiveModel(
         drill.run, registry=drill.url, features=HERE / "features.yaml", poll_interval=0.25
@@ -231,7 +234,8 @@ def main() -> int:
         after = {r.name: r.state for r in registry.checkpoints(drill.run, states=None)}
         live_after = registry.live_pointer(drill.run)
         stopped_by_watchdog = any(
-            e.detail.get("reason") == "rogue" for e in registry.events(drill.run, kinds=["watchdog_stopped"])
+            e.detail.get("reason") == "rogue"
+            for e in registry.events(drill.run, kinds=[EventKind.WATCHDOG_STOPPED])
         )
     lost = [name for name in committed_before if after.get(name) not in ("committed", "quarantined")]
     numbers = drill.numbers

@@ -49,8 +49,7 @@ def main() -> None:
                     episode=episode,
                     lease=stale,
                     metrics={"reward": 0.0, "actions": {"HOLD": 1000}},
-                    fingerprint=wrong.digest if wrong else None,
-                    features=wrong.content if wrong else None,
+                    features=wrong,
                 )
             episode += 1
             time.sleep(0.5)

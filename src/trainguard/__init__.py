@@ -1,13 +1,11 @@
 """trainguard: keeps long-running training under control.
 
 Budgets that survive restarts, leases with fencing tokens, atomic hashed checkpoints that a stale writer
-cannot commit, and a live pointer that only moves through gates.
+cannot commit, and a live pointer that only moves through gates (see docs/design.md).
 """
 
 from __future__ import annotations
 
-from trainguard import live
-from trainguard._stop import Stop, StopReason
 from trainguard.checkpoints import CheckpointStore, LoadedCheckpoint, VerifyReport, retention
 from trainguard.errors import (
     CheckpointNotFound,
@@ -17,16 +15,24 @@ from trainguard.errors import (
     CommitRefused,
     ConfigError,
     CorruptCheckpoint,
+    ExitCode,
     FingerprintMismatch,
+    InvalidArgument,
     InvalidName,
     LeaseHeld,
     LeaseLost,
+    LimitRaised,
+    MissingDependency,
+    NotSupported,
     RegistryError,
+    RunNotFound,
+    StateConflict,
     TrainguardError,
     UnsafeCheckpoint,
 )
-from trainguard.guard import Guard
-from trainguard.registry import CheckpointRecord, Lease, Registry
+from trainguard.guard import Guard, SaveResult, Stop, StopReason
+from trainguard.promotion import live
+from trainguard.registry import CheckpointRecord, CheckpointState, Lease, Registry
 
 __version__ = "0.1.0"
 
@@ -34,21 +40,30 @@ __all__ = [
     "CheckpointNotFound",
     "CheckpointRecord",
     "CheckpointRejected",
+    "CheckpointState",
     "CheckpointStore",
     "CheckpointWriteError",
     "CommitFenced",
     "CommitRefused",
     "ConfigError",
     "CorruptCheckpoint",
+    "ExitCode",
     "FingerprintMismatch",
     "Guard",
+    "InvalidArgument",
     "InvalidName",
     "Lease",
     "LeaseHeld",
     "LeaseLost",
+    "LimitRaised",
     "LoadedCheckpoint",
+    "MissingDependency",
+    "NotSupported",
     "Registry",
     "RegistryError",
+    "RunNotFound",
+    "SaveResult",
+    "StateConflict",
     "Stop",
     "StopReason",
     "TrainguardError",

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from trainguard.checkpoints._hashing import hash_bytes
+from trainguard._os.hashing import hash_bytes
 from trainguard.errors import ConfigError
 
 

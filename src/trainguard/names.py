@@ -1,4 +1,4 @@
-"""Validation of run and checkpoint names.
+"""Validation of run and checkpoint names, and of the file-name patterns legacy checkpoints are found by.
 
 Names become directory names under the store and keys in the registry, so anything that could climb out of
 the store (``/``, ``..``), hide (a leading dot collides with ``.staging`` and ``.quarantine``), or be cut
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from trainguard.errors import InvalidName
+from trainguard.errors import InvalidArgument, InvalidName
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 MAX_NAME_LENGTH = 128
@@ -36,4 +36,16 @@ def validate_name(value: object, what: str = "run") -> str:
     return value
 
 
-__all__ = ["MAX_NAME_LENGTH", "validate_name"]
+def episode_pattern(parameter: str, pattern: str) -> re.Pattern[str]:
+    """A regular expression that finds legacy checkpoint files (``checkpoint_ep(?P<episode>\\d+)\\.pth``) and
+    names their episode; :class:`InvalidArgument` naming ``parameter`` otherwise."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as error:
+        raise InvalidArgument(parameter, pattern, f"is not a regular expression: {error}") from None
+    if "episode" not in compiled.groupindex:
+        raise InvalidArgument(parameter, pattern, "needs a named group (?P<episode>\\d+)")
+    return compiled
+
+
+__all__ = ["MAX_NAME_LENGTH", "episode_pattern", "validate_name"]

@@ -28,7 +28,10 @@ parser.add_argument(
 parser.add_argument("--linger", type=float, default=0.0, help="seconds to stay alive after the Guard exited")
 args = parser.parse_args()
 
-summary: dict[str, object] = {"episodes": [], "saved": [], "save_errors": []}
+episodes: list[int] = []
+saved: list[str] = []
+save_errors: list[str] = []
+summary: dict[str, object] = {"episodes": episodes, "saved": saved, "save_errors": save_errors}
 hoard = []
 child = None
 if args.child_allocate_mb:
@@ -61,18 +64,18 @@ with guard:
             time.sleep(args.tick_seconds)
         if args.allocate_mb:
             hoard.append(np.ones(args.allocate_mb << 18, dtype=np.float32))  # touched: counts in RSS
-        summary["episodes"].append(episode)  # type: ignore[attr-defined]
-        early = len(summary["episodes"]) <= args.save_first  # type: ignore[arg-type]
+        episodes.append(episode)
+        early = len(episodes) <= args.save_first
         if args.save_every_episode or early or guard.should_checkpoint(episode):
             try:
-                record = guard.save(
+                result = guard.save(
                     {"w": np.full(16, episode, dtype=np.float32)}, metrics={"episode": episode}
                 )
-                summary["saved"].append(record.name if record else f"async:{episode}")  # type: ignore[attr-defined]
+                saved.append(result.name)
                 print(f"saved {episode}", flush=True)
             except tg.LeaseLost as error:
-                summary["save_errors"].append(str(error))  # type: ignore[attr-defined]
-        if args.episodes_per_run and len(summary["episodes"]) >= args.episodes_per_run:  # type: ignore[arg-type]
+                save_errors.append(str(error))
+        if args.episodes_per_run and len(episodes) >= args.episodes_per_run:
             break
     summary["loop_ended_at"] = time.time()
 if child is not None:
@@ -86,6 +89,5 @@ summary.update(
     threads=sorted(t.name for t in threading.enumerate()),
 )
 print("SUMMARY " + json.dumps(summary), flush=True)
-time.sleep(args.linger)  # like a trainer tearing down after training: the launcher is still watching
 time.sleep(args.linger)  # like a trainer tearing down after training: the launcher is still watching
 sys.exit(0)

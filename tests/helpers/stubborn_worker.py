@@ -31,15 +31,16 @@ parser.add_argument("--allocate-mb", type=int, default=0)
 args = parser.parse_args()
 
 if args.slow_save:
-    import trainguard.checkpoints._commit as commit
+    from unittest import mock
 
-    real_validate = commit.validate_staged  # type: ignore[attr-defined]
+    from trainguard.checkpoints.codecs import validate_staged
 
     def slow_validate(*a: Any, **k: Any) -> None:
         time.sleep(args.slow_save)
-        real_validate(*a, **k)
+        validate_staged(*a, **k)
 
-    commit.validate_staged = slow_validate  # type: ignore[attr-defined]
+    # The commit protocol's validation step, slowed for the rest of this process (a fault-injection seam).
+    mock.patch("trainguard.checkpoints._commit.validate_staged", slow_validate).start()
 
 hoard: list[np.ndarray] = []
 

@@ -1,4 +1,5 @@
-"""The commit protocol (design section 4): stage durably, let the registry decide, roll forward.
+"""The commit protocol (docs/design.md, "The commit protocol"): stage durably, let the registry decide,
+roll forward.
 
 Everything is durable in staging *before* the registry transaction, so a crash at any point leaves either
 an invisible staging directory (removed by the next open once its writer is gone) or a decided checkpoint
@@ -9,16 +10,17 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from trainguard.checkpoints._context import StoreContext
 from trainguard.checkpoints._durable import StepFailed, fsync_dir, make_dir, move_dir, write_small_file
-from trainguard.checkpoints._layout import StagingName, staging_root
 from trainguard.checkpoints._quarantine import free_entry, quarantine_path
 from trainguard.checkpoints._tree import UnsupportedValue
 from trainguard.checkpoints.codecs import AdoptedFile, NonFiniteValues, validate_staged, write_state
+from trainguard.checkpoints.layout import StagingName, staging_root
 from trainguard.checkpoints.manifest import MANIFEST_FILE, Manifest
 from trainguard.errors import (
     CheckpointRejected,
@@ -27,13 +29,7 @@ from trainguard.errors import (
     CommitRefused,
     RegistryError,
 )
-from trainguard.registry import CheckpointRecord, Lease
-
-if TYPE_CHECKING:
-    from trainguard.checkpoints.store import CheckpointStore
-
-# A validator gets the staging directory and the manifest about to be written; raising rejects the save.
-Validator = Callable[[Path, Manifest], None]
+from trainguard.registry import CheckpointRecord, EventKind, Lease
 
 
 @dataclass(frozen=True)
@@ -51,17 +47,21 @@ class SaveRequest:
     origin: dict[str, Any] | None = None
 
 
-def commit(store: CheckpointStore, request: SaveRequest) -> CheckpointRecord:
+def commit(store: StoreContext, request: SaveRequest) -> CheckpointRecord:
+    """Commit ``request`` into ``store``; the only way a checkpoint comes into being. Raises
+    ``CommitRefused``/``CommitFenced`` (nothing committed, staged files kept as evidence),
+    ``CheckpointRejected`` (validation; nothing committed) or ``CheckpointWriteError`` naming the step and
+    whether the registry had already decided."""
     registry, run, lease = store.registry, store.run, request.lease
     writer = registry.identity
     # 1. fail fast on what this process already knows (the registry re-checks all of it in step 6)
     lease.check()
-    limit = store.episode_limit()
+    limit = registry.run(run).limits.get("max_episodes")
     if limit is not None and request.episode > limit:
         reason = f"episode {request.episode} is beyond the run's budget of {limit} episodes"
         registry.add_event(
             run,
-            "commit_refused",
+            EventKind.COMMIT_REFUSED,
             token=lease.token,
             checkpoint=request.name,
             reason=reason,
@@ -120,12 +120,12 @@ def commit(store: CheckpointStore, request: SaveRequest) -> CheckpointRecord:
 
 
 def _write_staged(
-    store: CheckpointStore, request: SaveRequest, staging: Path, writer: dict[str, Any]
+    store: StoreContext, request: SaveRequest, staging: Path, writer: dict[str, Any]
 ) -> tuple[Manifest, str]:
     try:
         # 3. files: written from the state's memory, hashed on the way, fsynced
         fmt = "torch" if isinstance(request.state, AdoptedFile) else store.format
-        files = write_state(request.state, staging, fmt=fmt, check_finite=store.check_finite)
+        files = write_state(request.state, staging, fmt=fmt, check_finite=store.validation.finite)
         manifest = Manifest(
             run=store.run,
             name=request.name,
@@ -144,10 +144,10 @@ def _write_staged(
             origin=request.origin,
         )
         # 4. validators: an independent decoder reads what was written, then the user's hooks
-        if store.validate:
+        if store.validation.decode:
             validate_staged(staging, files)
-        for validator in store.validators:
-            validator(staging, manifest)
+        for hook in store.validation.hooks:
+            hook(staging, manifest)
         # 5. the manifest, then the directory entries, made durable
         manifest_hash = write_small_file(staging / MANIFEST_FILE, manifest.to_bytes(), step="manifest")
         fsync_dir(staging, step="dir-fsync")
@@ -158,7 +158,7 @@ def _write_staged(
     return manifest, manifest_hash
 
 
-def _committed(store: CheckpointStore, name: str) -> CheckpointRecord | None:
+def _committed(store: StoreContext, name: str) -> CheckpointRecord | None:
     try:
         return store.registry.find_checkpoint(store.run, name)
     except RegistryError:
@@ -166,7 +166,7 @@ def _committed(store: CheckpointStore, name: str) -> CheckpointRecord | None:
 
 
 def _set_aside(
-    store: CheckpointStore, staging: Path, request: SaveRequest, reason: str, *, fenced: bool
+    store: StoreContext, staging: Path, request: SaveRequest, reason: str, *, fenced: bool
 ) -> None:
     """A refused commit is evidence (it names its writer): keep it in quarantine, never delete it."""
     label = "fenced" if fenced else "refused"
@@ -187,7 +187,7 @@ def _set_aside(
         return  # the staging directory stays; recovery removes it once this writer is gone
     store.registry.add_event(
         store.run,
-        "checkpoint_quarantined",
+        EventKind.CHECKPOINT_QUARANTINED,
         token=request.lease.token,
         checkpoint=request.name,
         reason=label,
@@ -195,4 +195,4 @@ def _set_aside(
     )
 
 
-__all__ = ["SaveRequest", "Validator", "commit"]
+__all__ = ["SaveRequest", "commit"]

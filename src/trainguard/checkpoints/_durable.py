@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from trainguard.checkpoints._hashing import format_digest, new_hasher
+from trainguard._os.hashing import format_digest, new_hasher
 
 # Chunks handed to the hashing thread: large enough to amortise the hand-off, small enough that hashing
 # chunk i overlaps writing chunk i+1 (both release the GIL).

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from trainguard.checkpoints._durable import fsync_dir, move_dir, write_small_file
-from trainguard.checkpoints._layout import quarantine_root, reason_file, trash_root
+from trainguard.checkpoints.layout import quarantine_root, reason_file, trash_root
 
 
 def free_entry(root: Path, entry_name: str) -> Path:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from trainguard.checkpoints._hashing import hash_file, read_and_hash
+from trainguard._os.hashing import hash_file, read_and_hash
 from trainguard.checkpoints.codecs import read_state
 from trainguard.checkpoints.manifest import MANIFEST_FILE, Manifest
 from trainguard.errors import CorruptCheckpoint

@@ -1,6 +1,6 @@
 """Recovery at open: bring the directories in line with what the registry decided.
 
-The registry is the truth; the filesystem follows. Rules (design section 4):
+The registry is the truth; the filesystem follows. Rules (docs/design.md, "Recovery"):
 - a staging directory whose checkpoint the registry committed (manifest hash equal) is rolled forward,
   by whoever finds it;
 - a staging directory whose writer is alive (same host: pid and start time; other host: younger than the
@@ -17,18 +17,15 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from trainguard._os.hashing import hash_file
+from trainguard._os.identity import host_key
+from trainguard.checkpoints._context import StoreContext
 from trainguard.checkpoints._durable import StepFailed, move_dir
-from trainguard.checkpoints._hashing import hash_file
-from trainguard.checkpoints._layout import RESERVED, StagingName, quarantine_root, staging_root
 from trainguard.checkpoints._quarantine import discard, empty_trash, free_entry, quarantine_path, release_path
+from trainguard.checkpoints.layout import RESERVED, StagingName, quarantine_root, staging_root
 from trainguard.checkpoints.manifest import MANIFEST_FILE
-from trainguard.identity import host_key
-from trainguard.registry import CheckpointRecord
-
-if TYPE_CHECKING:
-    from trainguard.checkpoints.store import CheckpointStore
+from trainguard.registry import CheckpointRecord, CheckpointState, EventKind
 
 
 @dataclass
@@ -40,7 +37,7 @@ class RecoveryReport:
     finished: list[str] = field(default_factory=list)
 
 
-def recover(store: CheckpointStore, *, foreign_grace: float) -> RecoveryReport:
+def recover(store: StoreContext, *, foreign_grace: float) -> RecoveryReport:
     report = RecoveryReport()
     # Directory listing *before* reading the rows: a checkpoint renamed into place in between already has
     # its row (commit precedes rename), so it can never look unregistered.
@@ -56,10 +53,13 @@ def recover(store: CheckpointStore, *, foreign_grace: float) -> RecoveryReport:
         row = rows.get(path.name)
         if row is None:
             _quarantine_unregistered(store, path, report)
-        elif row.state == "evicted":
+        elif row.state is CheckpointState.EVICTED:
             discard(store.root, path)
             report.finished.append(f"evicted {path.name}")
-        elif row.state == "quarantined" and not (quarantine_root(store.root) / path.name).exists():
+        elif (
+            row.state is CheckpointState.QUARANTINED
+            and not (quarantine_root(store.root) / path.name).exists()
+        ):
             quarantine_path(
                 path,
                 quarantine_root(store.root) / path.name,
@@ -68,7 +68,7 @@ def recover(store: CheckpointStore, *, foreign_grace: float) -> RecoveryReport:
             report.finished.append(f"quarantined {path.name}")
     for row in rows.values():
         final, parked = store.root / row.name, quarantine_root(store.root) / row.name
-        if row.state == "committed" and not final.exists() and parked.is_dir():
+        if row.state is CheckpointState.COMMITTED and not final.exists() and parked.is_dir():
             release_path(parked, final)
             report.finished.append(f"released {row.name}")
     if empty_trash(store.root):
@@ -77,7 +77,7 @@ def recover(store: CheckpointStore, *, foreign_grace: float) -> RecoveryReport:
 
 
 def _recover_staging(
-    store: CheckpointStore,
+    store: StoreContext,
     stagings: list[Path],
     rows: dict[str, CheckpointRecord],
     report: RecoveryReport,
@@ -103,20 +103,20 @@ def _recover_staging(
         report.removed_staging.append(path.name)
 
 
-def _roll_forward(store: CheckpointStore, path: Path, row: CheckpointRecord, report: RecoveryReport) -> bool:
+def _roll_forward(store: StoreContext, path: Path, row: CheckpointRecord, report: RecoveryReport) -> bool:
     """Finish a decided checkpoint; False when there is nothing to finish (its directory is already in
     place, so this staging copy is a leftover for the ordinary rules)."""
     final = store.root / row.name
     try:
-        if row.state == "committed" and not final.exists():
+        if row.state is CheckpointState.COMMITTED and not final.exists():
             move_dir(path, final, step="roll-forward")
-        elif row.state == "quarantined":
+        elif row.state is CheckpointState.QUARANTINED:
             quarantine_path(
                 path,
                 free_entry(store.root, row.name),
                 {"reason": row.state_reason or "quarantined", "run": store.run, "checkpoint": row.name},
             )
-        elif row.state == "evicted":
+        elif row.state is CheckpointState.EVICTED:
             discard(store.root, path)
         else:
             return False
@@ -125,10 +125,10 @@ def _roll_forward(store: CheckpointStore, path: Path, row: CheckpointRecord, rep
     report.rolled_forward.append(row.name)
     store.registry.add_event(
         store.run,
-        "checkpoint_rolled_forward",
+        EventKind.CHECKPOINT_ROLLED_FORWARD,
         token=row.token,
         checkpoint=row.name,
-        detail={"staging": path.name, "state": row.state},
+        detail={"staging": path.name, "state": row.state.value},
     )
     return True
 
@@ -147,7 +147,7 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def _quarantine_unregistered(store: CheckpointStore, path: Path, report: RecoveryReport) -> None:
+def _quarantine_unregistered(store: StoreContext, path: Path, report: RecoveryReport) -> None:
     try:
         target = quarantine_path(
             path,
@@ -163,7 +163,7 @@ def _quarantine_unregistered(store: CheckpointStore, path: Path, report: Recover
     report.quarantined_unregistered.append(path.name)
     store.registry.add_event(
         store.run,
-        "checkpoint_quarantined",
+        EventKind.CHECKPOINT_QUARANTINED,
         checkpoint=path.name,
         reason="unregistered",
         detail={"path": str(target), "committed": False},

@@ -7,14 +7,20 @@ hashes. Files that fail are listed with the reason. The originals are only ever 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainguard.checkpoints.codecs import TORCH_FILE, AdoptedFile, check_torch_file
-from trainguard.checkpoints.store import CheckpointStore
-from trainguard.errors import CheckpointRejected, CommitRefused, CorruptCheckpoint, TrainguardError
+from trainguard.checkpoints.store import CheckpointStore, Provenance
+from trainguard.errors import (
+    CheckpointRejected,
+    CommitRefused,
+    CorruptCheckpoint,
+    InvalidArgument,
+    TrainguardError,
+)
 from trainguard.fingerprint import Fingerprint
+from trainguard.names import episode_pattern
 from trainguard.registry import Lease
 
 
@@ -35,9 +41,9 @@ class AdoptionReport:
 def adopt_directory(
     store: CheckpointStore, directory: Path, pattern: str, lease: Lease, features: Fingerprint | None
 ) -> AdoptionReport:
-    regex = re.compile(pattern)
-    if "episode" not in regex.groupindex:
-        raise ValueError(f"pattern {pattern!r} needs a named group (?P<episode>\\d+)")
+    regex = episode_pattern("pattern", pattern)
+    if not directory.is_dir():
+        raise InvalidArgument("directory", str(directory), "is not a directory")
     report = AdoptionReport()
     matches = []
     for path in sorted(directory.iterdir()):
@@ -58,9 +64,8 @@ def adopt_directory(
                 AdoptedFile(path, data),
                 episode=episode,
                 lease=lease,
-                fingerprint=features.digest if features else None,
-                features=features.content if features else None,
-                origin={"adopted_from": str(path.resolve()), "bytes": len(data)},
+                features=features,
+                provenance=Provenance(origin={"adopted_from": str(path.resolve()), "bytes": len(data)}),
             )
         except (CommitRefused, CheckpointRejected) as error:
             report.refused.append((path.name, error.reason))

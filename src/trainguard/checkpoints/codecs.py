@@ -20,9 +20,9 @@ from typing import IO, Any, cast
 import numpy as np
 from numpy.typing import NDArray
 
+from trainguard._os.hashing import format_digest, new_hasher
 from trainguard.checkpoints import _safetensors as st
 from trainguard.checkpoints._durable import StepFailed, new_durable_file, write_all, write_file
-from trainguard.checkpoints._hashing import format_digest, new_hasher
 from trainguard.checkpoints._tree import flatten, tensor_keys, unflatten
 from trainguard.errors import CorruptCheckpoint, UnsafeCheckpoint
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from trainguard.checkpoints._hashing import ALGORITHM
+from trainguard._os.hashing import ALGORITHM
 from trainguard.checkpoints.codecs import FileRecord
 
 MANIFEST_FILE = "MANIFEST.json"

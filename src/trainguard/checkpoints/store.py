@@ -2,26 +2,41 @@
 
 from __future__ import annotations
 
-import builtins
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
 from trainguard.checkpoints import retention
-from trainguard.checkpoints._commit import SaveRequest, Validator, commit
-from trainguard.checkpoints._layout import quarantine_root, staging_root
+from trainguard.checkpoints._commit import SaveRequest, commit
+from trainguard.checkpoints._context import StoreContext, Validation
 from trainguard.checkpoints._quarantine import discard, quarantine_path, release_path
 from trainguard.checkpoints._reading import VerifyReport, load_dir, read_manifest, verify_dir
 from trainguard.checkpoints._recovery import RecoveryReport, recover
 from trainguard.checkpoints.codecs import FORMATS
+from trainguard.checkpoints.layout import quarantine_root, staging_root
 from trainguard.checkpoints.manifest import Manifest
-from trainguard.errors import CheckpointNotFound, ConfigError, CorruptCheckpoint
+from trainguard.errors import (
+    CheckpointNotFound,
+    CorruptCheckpoint,
+    InvalidArgument,
+    RunNotFound,
+    StateConflict,
+)
+from trainguard.fingerprint import Fingerprint
 from trainguard.names import validate_name
-from trainguard.registry import DEFAULT_LEASE_TTL, CheckpointRecord, Lease, Registry, default_registry_url
+from trainguard.registry import (
+    DEFAULT_LEASE_TTL,
+    CheckpointRecord,
+    CheckpointState,
+    Lease,
+    Registry,
+    default_registry_url,
+)
 
 LATEST = "latest"
+COMMITTED = (CheckpointState.COMMITTED,)
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,15 @@ class LoadedCheckpoint:
         return self.record.episode
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """Where a checkpoint came from, beyond its run and writer: recorded in its manifest, never judged."""
+
+    code_hash: str | None = None
+    config_hash: str | None = None
+    origin: dict[str, Any] | None = None  # e.g. {"adopted_from": path} for a legacy checkpoint
+
+
 def default_name(episode: int, token: int) -> str:
     # The token is part of the name: after a takeover the new holder may save the same episode again.
     return f"ep{episode:08d}-t{token}"
@@ -50,7 +74,8 @@ class CheckpointStore:
     """The checkpoints of one run under ``root``.
 
     ``registry`` is a :class:`Registry` or a URL; by default ``<root>/.trainguard/registry.db``. Opening the
-    store runs recovery (see ``_recovery``) unless ``recover=False``.
+    store runs recovery (see ``_recovery``) unless ``recover_on_open=False``; ``create_run=False`` refuses a
+    run the registry does not know (a typo must not start a new lineage; see :meth:`open_existing`).
     """
 
     def __init__(
@@ -61,19 +86,17 @@ class CheckpointStore:
         registry: Registry | str | None = None,
         retention_policy: retention.Policy | None = None,
         format: str = "safetensors",
-        validate: bool = True,
-        check_finite: bool = True,
-        validators: Sequence[Validator] = (),
+        validation: Validation | None = None,
         recover_on_open: bool = True,
         foreign_grace: float = 10 * DEFAULT_LEASE_TTL,
         create_run: bool = True,
     ) -> None:
         self.run = validate_name(run, "run")
         if format not in FORMATS:
-            raise ConfigError("checkpoints.format", format, f"must be one of {', '.join(FORMATS)}")
+            raise InvalidArgument("format", format, f"must be one of {', '.join(FORMATS)}")
         self.root = Path(root).resolve()
         if not create_run and not self.root.is_dir():
-            raise ConfigError("store", str(self.root), "is not a directory")
+            raise InvalidArgument("root", str(self.root), "is not a directory (a store that must exist)")
         self.root.mkdir(parents=True, exist_ok=True)
         staging_root(self.root).mkdir(exist_ok=True)
         self._owns_registry = not isinstance(registry, Registry)
@@ -82,17 +105,32 @@ class CheckpointStore:
         else:
             self.registry = Registry.open(registry or default_registry_url(self.root))
         self.retention = retention_policy or retention.keep_all
-        self.format = format
-        self.validate = validate
-        self.check_finite = check_finite
-        self.validators = tuple(validators)
         self.foreign_grace = foreign_grace
+        self._context = StoreContext(self.root, self.run, self.registry, format, validation or Validation())
         self._last_saved: str | None = None
         if not create_run and self.registry.run_info(self.run) is None:
             self.close()
-            raise ConfigError("run", self.run, f"is not in the registry {self.registry.url}")
+            raise RunNotFound(self.run, self.registry.url)
         self.registry.ensure_run(self.run, store=self.root)
         self.recovery = self.recover() if recover_on_open else RecoveryReport()
+
+    @classmethod
+    def open_existing(
+        cls,
+        root: str | os.PathLike[str],
+        *,
+        run: str,
+        registry: Registry | str | None = None,
+        format: str = "safetensors",
+        recover: bool = False,
+    ) -> CheckpointStore:
+        """A store whose run must already be in the registry - what readers and operators open. Without
+        ``recover`` nothing is repaired on open: they look, they do not change."""
+        return cls(root, run=run, registry=registry, format=format, recover_on_open=recover, create_run=False)
+
+    @property
+    def format(self) -> str:
+        return self._context.format
 
     def close(self) -> None:
         if self._owns_registry:
@@ -106,12 +144,7 @@ class CheckpointStore:
 
     def recover(self) -> RecoveryReport:
         """Bring directories in line with the registry; safe to run while writers are active."""
-        return recover(self, foreign_grace=self.foreign_grace)
-
-    def episode_limit(self) -> int | None:
-        info = self.registry.run_info(self.run)
-        limit = info.limits.get("max_episodes") if info else None
-        return int(limit) if limit is not None else None
+        return recover(self._context, foreign_grace=self.foreign_grace)
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -124,27 +157,26 @@ class CheckpointStore:
         metrics: Mapping[str, Any] | None = None,
         name: str | None = None,
         parent: str | None = None,
-        fingerprint: str | None = None,
-        code_hash: str | None = None,
-        config_hash: str | None = None,
-        features: dict[str, Any] | None = None,
-        origin: dict[str, Any] | None = None,
+        features: Fingerprint | None = None,
+        provenance: Provenance | None = None,
     ) -> CheckpointRecord:
-        """Commit ``state`` as a checkpoint of ``episode`` under ``lease`` (design section 4).
+        """Commit ``state`` as a checkpoint of ``episode`` under ``lease`` (docs/design.md, "The commit
+        protocol"); ``features`` is the fingerprint of the input features it was trained on.
 
         Raises ``CommitFenced`` (a ``LeaseLost``) when the token is not current, ``CommitRefused`` beyond the
         budget, ``CheckpointRejected`` when validation fails, ``CheckpointWriteError`` naming the failed step.
         Retention runs only after the commit succeeded.
         """
         if lease.run != self.run:
-            raise ConfigError(
+            raise InvalidArgument(
                 "lease", lease.run, f"is a lease of another run; this store is for {self.run!r}"
             )
         if isinstance(episode, bool) or not isinstance(episode, int) or episode < 0:
-            raise ConfigError("episode", episode, "must be a non-negative integer")
+            raise InvalidArgument("episode", episode, "must be a non-negative integer")
         name = validate_name(default_name(episode, lease.token) if name is None else name, "checkpoint")
         if parent is None:
             parent = self._last_saved or self._resumed_from()
+        provenance = provenance or Provenance()
         request = SaveRequest(
             state=state,
             episode=episode,
@@ -152,13 +184,13 @@ class CheckpointStore:
             name=name,
             metrics=dict(metrics or {}),
             parent=parent,
-            fingerprint=fingerprint,
-            code_hash=code_hash,
-            config_hash=config_hash,
-            features=features,
-            origin=origin,
+            fingerprint=features.digest if features else None,
+            code_hash=provenance.code_hash,
+            config_hash=provenance.config_hash,
+            features=features.content if features else None,
+            origin=provenance.origin,
         )
-        record = commit(self, request)
+        record = commit(self._context, request)
         self._last_saved = record.name
         self.prune()
         return record
@@ -169,12 +201,12 @@ class CheckpointStore:
 
     # -- reading ----------------------------------------------------------------------------------
 
-    def list(self, *, states: Iterable[str] | None = ("committed",)) -> builtins.list[CheckpointRecord]:
+    def checkpoints(self, *, states: Iterable[CheckpointState] | None = COMMITTED) -> list[CheckpointRecord]:
         """Checkpoints as the registry records them, oldest episode first (``states=None``: every state)."""
         return self.registry.checkpoints(self.run, states=states)
 
     def latest(self) -> CheckpointRecord | None:
-        committed = self.list()
+        committed = self.checkpoints()
         return committed[-1] if committed else None
 
     def record(self, name: str) -> CheckpointRecord:
@@ -188,7 +220,7 @@ class CheckpointStore:
     def _directory(self, record: CheckpointRecord) -> Path:
         directory = (
             quarantine_root(self.root) / record.name
-            if record.state == "quarantined"
+            if record.state is CheckpointState.QUARANTINED
             else self.root / record.name
         )
         if not directory.exists():
@@ -197,15 +229,15 @@ class CheckpointStore:
             self.recover()
         return directory
 
+    def _conflict(self, record: CheckpointRecord, rule: str) -> StateConflict:
+        state = f"{record.state.value} ({record.state_reason or 'no reason'})"
+        return StateConflict(f"checkpoint {record.name!r} of run {self.run!r}", state, rule)
+
     def load(self, name: str = LATEST) -> LoadedCheckpoint:
         """Verify every hash, then decode. Only committed checkpoints load; quarantined ones are refused."""
         record = self.record(name)
-        if record.state != "committed":
-            raise CheckpointNotFound(
-                self.run,
-                record.name,
-                f"is {record.state} ({record.state_reason or 'no reason'}); only committed checkpoints load",
-            )
+        if record.state is not CheckpointState.COMMITTED:
+            raise self._conflict(record, "only committed checkpoints load")
         state, manifest = load_dir(record.name, self._directory(record), record.manifest_hash)
         return LoadedCheckpoint(state, record, manifest)
 
@@ -217,8 +249,8 @@ class CheckpointStore:
     def verify(self, name: str = LATEST) -> VerifyReport:
         """Check hashes of a committed or quarantined checkpoint; a report (value), not an exception."""
         record = self.record(name)
-        if record.state == "evicted":
-            raise CheckpointNotFound(self.run, record.name, "was evicted; there is nothing to verify")
+        if record.state is CheckpointState.EVICTED:
+            raise self._conflict(record, "its files are gone; there is nothing to verify")
         return verify_dir(record.name, self._directory(record), record.manifest_hash)
 
     # -- pins, quarantine, retention ----------------------------------------------------------------
@@ -232,11 +264,11 @@ class CheckpointStore:
     def quarantine(self, name: str, *, reason: str) -> CheckpointRecord:
         """Move a committed checkpoint aside with a reason record (never deleted; ``release`` undoes it)."""
         if not reason or not reason.strip():
-            raise ConfigError("reason", reason, "a quarantine needs a reason")
+            raise InvalidArgument("reason", reason, "a quarantine needs a reason")
         record = self.record(name)
         # Registry first: from this moment nothing loads it; the move follows (recovery finishes it).
         record = self.registry.set_checkpoint_state(
-            self.run, record.name, "quarantined", reason=reason, expect=("committed",)
+            self.run, record.name, CheckpointState.QUARANTINED, reason=reason, expect=COMMITTED
         )
         source, target = self.root / record.name, quarantine_root(self.root) / record.name
         if source.exists() and not target.exists():
@@ -256,15 +288,19 @@ class CheckpointStore:
     def release(self, name: str, *, reason: str = "released by operator") -> CheckpointRecord:
         """Bring a quarantined checkpoint back, after checking it still verifies."""
         record = self.record(name)
-        if record.state != "quarantined":
-            raise CheckpointNotFound(self.run, record.name, f"is {record.state}, not quarantined")
+        if record.state is not CheckpointState.QUARANTINED:
+            raise self._conflict(record, "only a quarantined checkpoint can be released")
         parked = quarantine_root(self.root) / record.name
         report = verify_dir(record.name, parked, record.manifest_hash)
         if not report.ok:
             problem = report.problems[0]
             raise CorruptCheckpoint(record.name, problem.file, f"cannot be released: {problem.reason}")
         record = self.registry.set_checkpoint_state(
-            self.run, record.name, "committed", reason=reason, expect=("quarantined",)
+            self.run,
+            record.name,
+            CheckpointState.COMMITTED,
+            reason=reason,
+            expect=(CheckpointState.QUARANTINED,),
         )
         if not (self.root / record.name).exists():
             release_path(parked, self.root / record.name)
@@ -272,29 +308,29 @@ class CheckpointStore:
 
     def protected(self, committed: Iterable[CheckpointRecord] | None = None) -> set[str]:
         """Never evicted: pinned checkpoints, the live one, the one the run resumed from."""
-        names = {r.name for r in (self.list() if committed is None else committed) if r.pinned}
+        names = {r.name for r in (self.checkpoints() if committed is None else committed) if r.pinned}
         live = self.registry.live_pointer(self.run)
         resumed = self._resumed_from()
         return names | {n for n in (live, resumed) if n}
 
-    def prune(self, *, policy: retention.Policy | None = None, dry_run: bool = False) -> builtins.list[str]:
+    def prune(self, *, policy: retention.Policy | None = None, dry_run: bool = False) -> list[str]:
         """Evict what the retention policy does not keep; returns the evicted names."""
         policy = policy or self.retention
-        if policy is retention.keep_all:
+        if isinstance(policy, retention.KeepAll):
             return []  # nothing configured: nothing to read, nothing to evict (the default, after every save)
-        committed = self.list()
+        committed = self.checkpoints()
         candidates = [retention.Candidate(r.name, r.episode, r.metrics) for r in committed]
         doomed = retention.evictions(candidates, policy, self.protected(committed))
         if dry_run:
             return doomed
-        evicted: builtins.list[str] = []
+        evicted: list[str] = []
         for name in doomed:
             # Registry first, so a crash mid-delete leaves a row that says "evicted" and recovery finishes.
             try:
                 self.registry.set_checkpoint_state(
-                    self.run, name, "evicted", reason="retention", expect=("committed",)
+                    self.run, name, CheckpointState.EVICTED, reason="retention", expect=COMMITTED
                 )
-            except CheckpointNotFound:
+            except StateConflict:
                 continue  # pinned, promoted or quarantined since the list was read
             if (self.root / name).exists():
                 discard(self.root, self.root / name)
@@ -302,4 +338,4 @@ class CheckpointStore:
         return evicted
 
 
-__all__ = ["LATEST", "CheckpointStore", "LoadedCheckpoint", "default_name"]
+__all__ = ["LATEST", "CheckpointStore", "LoadedCheckpoint", "Provenance", "default_name"]

@@ -1,5 +1,9 @@
-"""The ``trainguard`` command line. Exit codes: 0 ok, 1 a check found a problem, 2 bad usage or config,
-3 refused by a guard rule (lease, budget, fence)."""
+"""The ``trainguard`` command line: one module per command group, named after the command.
+
+Exit codes (:class:`trainguard.errors.ExitCode`): 0 ok, 1 a check found a problem, 2 bad usage, config or
+input, 3 refused by a guard rule (lease, budget, fence). Every error is one line - what, which value,
+which rule - and never a traceback (``TRAINGUARD_DEBUG=1`` shows one for an internal error).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,41 @@ import sys
 from collections.abc import Sequence
 
 from trainguard import __version__
-from trainguard.cli import budget, ckpt, config_cmd, integrity, run_cmd, status, supervise_cmds
+from trainguard.cli import (
+    budget,
+    ckpt,
+    config,
+    incident,
+    promote,
+    ps,
+    recover,
+    report,
+    rollback,
+    run,
+    status,
+    stop,
+    watchdog,
+)
 from trainguard.cli._common import ArgumentParser, err
-from trainguard.errors import TrainguardError
+from trainguard.cli._errors import describe
+from trainguard.errors import ExitCode, TrainguardError
+
+# In the order `trainguard --help` lists them.
+COMMANDS = (
+    run,
+    status,
+    ps,
+    stop,
+    watchdog,
+    incident,
+    budget,
+    ckpt,
+    promote,
+    rollback,
+    recover,
+    config,
+    report,
+)
 
 
 def build_parser() -> ArgumentParser:
@@ -20,13 +56,8 @@ def build_parser() -> ArgumentParser:
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=ArgumentParser
     )
-    run_cmd.register(commands)
-    status.register(commands)
-    supervise_cmds.register(commands)
-    budget.register(commands)
-    ckpt.register(commands)
-    integrity.register(commands)
-    config_cmd.register(commands)
+    for command in COMMANDS:
+        command.register(commands)
     return parser
 
 
@@ -50,8 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except TrainguardError as error:
-        err().print(f"trainguard: {error}", markup=False)
-        return error.exit_code
+        err().print(f"trainguard: {describe(error)}", markup=False)
+        return int(error.exit_code)
     except KeyboardInterrupt:
         err().print("trainguard: interrupted")
         return 130
@@ -63,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(set TRAINGUARD_DEBUG=1 for a traceback)",
             markup=False,
         )
-        return 1
+        return int(ExitCode.PROBLEM)
 
 
 if __name__ == "__main__":

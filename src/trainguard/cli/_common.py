@@ -14,7 +14,8 @@ from rich.table import Table
 
 from trainguard.checkpoints import CheckpointStore
 from trainguard.config import TrainguardConfig, load_config
-from trainguard.errors import ConfigError
+from trainguard.config.units import parse_duration
+from trainguard.errors import InvalidArgument
 from trainguard.names import validate_name
 from trainguard.registry import Registry, default_registry_url
 
@@ -82,7 +83,7 @@ def registry_url(args: argparse.Namespace) -> str:
     config = load_config(args.config) if getattr(args, "config", None) else None
     url = _registry_url(args, config)
     if url is None:
-        raise ConfigError("--registry", None, "give --registry URL, --store DIR or -c CONFIG")
+        raise InvalidArgument("--registry", None, "give --registry URL, --store DIR or -c CONFIG")
     return url
 
 
@@ -102,28 +103,25 @@ def locate(args: argparse.Namespace) -> Location:
     store = Path(args.store) if args.store else (config.store_path() if config else None)
     url = _registry_url(args, config)
     if url is None:
-        raise ConfigError("--store", None, "give --store DIR, --registry URL or -c CONFIG to find the run")
+        raise InvalidArgument(
+            "--store", None, "give --store DIR, --registry URL or -c CONFIG to find the run"
+        )
     if store is None:
         with Registry.open(url) as registry:
-            info = registry.run_info(run)
-        if info is None or not info.store:
-            raise ConfigError(
-                "run", run, f"is not in the registry {url} (or has no store recorded); give --store"
+            recorded = registry.run(run).store
+        if not recorded:
+            raise InvalidArgument(
+                "--store", None, f"the registry records no store for run {run!r}; give --store"
             )
-        store = Path(info.store)
+        store = Path(recorded)
     return Location(run, store.resolve(), url, config)
 
 
 def open_store(location: Location, *, recover: bool = False) -> CheckpointStore:
     """Open an existing run's store; never creates a run (a typo must not start a new lineage)."""
     fmt = location.config.checkpoints.format if location.config else "safetensors"
-    return CheckpointStore(
-        location.store,
-        run=location.run,
-        registry=location.registry_url,
-        create_run=False,
-        recover_on_open=recover,
-        format=fmt,
+    return CheckpointStore.open_existing(
+        location.store, run=location.run, registry=location.registry_url, format=fmt, recover=recover
     )
 
 
@@ -140,6 +138,14 @@ def metrics_text(metrics: dict[str, Any], limit: int = 3) -> str:
     return " ".join(parts) + (" ..." if len(metrics) > limit else "")
 
 
+def duration_arg(flag: str, value: str) -> float:
+    """A duration flag's value in seconds (``30s``, ``5m``); bad input is one line naming the flag."""
+    try:
+        return parse_duration(value)
+    except ValueError as error:
+        raise InvalidArgument(flag, value, str(error)) from None
+
+
 def reason_arg(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--reason", required=required, metavar="TEXT", help="recorded in the audit log")
 
@@ -149,6 +155,7 @@ __all__ = [
     "Location",
     "add_location_args",
     "add_registry_args",
+    "duration_arg",
     "err",
     "human_time",
     "locate",

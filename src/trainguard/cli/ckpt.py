@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from trainguard.checkpoints import CheckpointStore, retention
+from trainguard import fingerprint as fp
+from trainguard.checkpoints import CheckpointStore, adopt_directory, retention
 from trainguard.cli._common import (
     ArgumentParser,
     add_location_args,
@@ -17,8 +19,9 @@ from trainguard.cli._common import (
     reason_arg,
     table,
 )
-from trainguard.errors import ConfigError
-from trainguard.units import format_size
+from trainguard.config.units import format_size
+from trainguard.errors import ExitCode, InvalidArgument
+from trainguard.registry import CheckpointState
 
 
 def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
@@ -88,7 +91,7 @@ def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     with open_store(locate(args)) as store:
-        records = store.list(states=None if args.all else ("committed",))
+        records = store.checkpoints(states=None if args.all else (CheckpointState.COMMITTED,))
         live = store.registry.live_pointer(store.run)
         if args.json:
             print_json(
@@ -117,7 +120,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 r.name,
                 str(r.episode),
                 str(r.token),
-                r.state,
+                r.state.value,
                 flags,
                 format_size(r.bytes),
                 human_time(r.created_at),
@@ -129,7 +132,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     with open_store(locate(args)) as store:
-        names = args.names or [r.name for r in store.list()]
+        names = args.names or [r.name for r in store.checkpoints()]
         reports = [store.verify(name) for name in names]
     bad = [r for r in reports if not r.ok]
     if args.json:
@@ -143,7 +146,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 console.print(f"CORRUPT  {report.name}: {problem.file}: {problem.reason}")
         if not reports:
             console.print(f"run {args.run}: no committed checkpoints to verify")
-    return 1 if bad else 0
+    return ExitCode.PROBLEM if bad else ExitCode.OK
 
 
 def cmd_pin(args: argparse.Namespace) -> int:
@@ -159,12 +162,12 @@ def cmd_pin(args: argparse.Namespace) -> int:
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
     if (args.name is None) == (args.after_episode is None):
-        raise ConfigError("CKPT", args.name, "give either a checkpoint name or --after-episode N")
+        raise InvalidArgument("CKPT", args.name, "give either a checkpoint name or --after-episode N")
     with open_store(locate(args)) as store:
         if args.name is not None:
             records = [store.record(args.name)]
         else:
-            records = [r for r in store.list() if r.episode > args.after_episode]
+            records = [r for r in store.checkpoints() if r.episode > args.after_episode]
         live = store.registry.live_pointer(store.run)
         for record in records:
             store.quarantine(record.name, reason=args.reason)
@@ -181,24 +184,16 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 
 def cmd_adopt(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from trainguard import fingerprint as fp
-    from trainguard.checkpoints.adopt import adopt_directory
-
     directory = Path(args.directory)
     if not directory.is_dir():
-        raise ConfigError("DIR", args.directory, "is not a directory")
+        raise InvalidArgument("DIR", args.directory, "is not a directory")
     location = locate(args)
     features = fp.compute(args.features) if args.features else None
     location.store.mkdir(parents=True, exist_ok=True)
     with CheckpointStore(location.store, run=location.run, registry=location.registry_url) as store:
         ttl = location.config.monitoring.lease_ttl if location.config else 30.0
         with store.registry.acquire(location.run, ttl=ttl, reason="ckpt adopt") as lease:
-            try:
-                report = adopt_directory(store, directory, args.pattern, lease, features)
-            except ValueError as error:
-                raise ConfigError("--pattern", args.pattern, str(error)) from None
+            report = adopt_directory(store, directory, args.pattern, lease, features)
     if args.json:
         print_json({"run": location.run, **report.as_dict()})
     else:
@@ -210,7 +205,7 @@ def cmd_adopt(args: argparse.Namespace) -> int:
         console.print(
             f"{len(report.adopted)} adopted, {len(report.refused)} refused; the originals were only read"
         )
-    return 1 if report.refused else 0
+    return ExitCode.PROBLEM if report.refused else ExitCode.OK
 
 
 def cmd_release(args: argparse.Namespace) -> int:
@@ -224,21 +219,21 @@ def _policy(
     args: argparse.Namespace, store: CheckpointStore, config_policy: retention.Policy | None
 ) -> retention.Policy:
     if args.keep_best and not args.metric:
-        raise ConfigError("--keep-best", args.keep_best, "needs --metric NAME")
+        raise InvalidArgument("--keep-best", args.keep_best, "needs --metric NAME")
     for flag, value in (
         ("--keep-last", args.keep_last),
         ("--keep-best", args.keep_best),
         ("--keep-every", args.keep_every),
     ):
         if value is not None and value < (1 if flag == "--keep-every" else 0):
-            raise ConfigError(flag, value, "must be >= 1" if flag == "--keep-every" else "must be >= 0")
+            raise InvalidArgument(flag, value, "must be >= 1" if flag == "--keep-every" else "must be >= 0")
     if args.keep_last is not None:
         return retention.from_settings(
             args.keep_last, args.keep_best, args.metric, args.mode, args.keep_every
         )
     if config_policy is not None:
         return config_policy
-    raise ConfigError(
+    raise InvalidArgument(
         "--keep-last",
         None,
         "prune needs a policy: --keep-last N (and optionally --keep-best, "
@@ -248,19 +243,10 @@ def _policy(
 
 def cmd_prune(args: argparse.Namespace) -> int:
     location = locate(args)
-    config_policy = None
-    if location.config is not None:
-        c = location.config.checkpoints
-        config_policy = retention.from_settings(
-            c.keep_last,
-            c.keep_best,
-            c.best_metric.name if c.best_metric else None,
-            c.best_metric.mode if c.best_metric else "max",
-            c.keep_every,
-        )
+    config_policy = retention.from_config(location.config.checkpoints) if location.config else None
     with open_store(location, recover=not args.dry_run) as store:
         evicted = store.prune(policy=_policy(args, store, config_policy), dry_run=args.dry_run)
-        kept = [r.name for r in store.list()]
+        kept = [r.name for r in store.checkpoints()]
     if args.json:
         print_json({"run": args.run, "dry_run": args.dry_run, "evicted": evicted, "kept": kept})
     else:

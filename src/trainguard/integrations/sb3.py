@@ -11,7 +11,6 @@ pickle zip, which ``PPO.load`` would unpickle.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,17 +60,9 @@ class GuardCallback(BaseCallback):
         self.guard = guard
         self.action_names = list(action_names) if action_names is not None else None
         self.rewards: list[float] = []  # episode returns since the last checkpoint
-        self.time_in_guard = 0.0  # seconds spent in trainguard calls, for the demo's overhead figure
         self._counts: dict[int, int] = {}  # actions taken since they were last reported
 
     def _on_step(self) -> bool:
-        started = time.perf_counter()
-        try:
-            return self._step()
-        finally:
-            self.time_in_guard += time.perf_counter() - started
-
-    def _step(self) -> bool:
         guard = self.guard
         keep_going = guard.tick(self.training_env.num_envs if self.training_env is not None else 1)
         actions = self.locals.get("actions")

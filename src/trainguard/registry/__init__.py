@@ -1,8 +1,10 @@
-"""The run registry: runs, leases and fencing tokens, checkpoint rows, events, live pointers."""
+"""The run registry: runs, leases and fencing tokens, checkpoint rows, events, live pointers, heartbeats and
+registered processes, on SQLite or PostgreSQL (see docs/design.md, "The registry")."""
 
 from __future__ import annotations
 
-from trainguard.registry._budget import EXTENDABLE, LIMIT_KEYS, BudgetOps
+from trainguard._os.identity import ProcessIdentity
+from trainguard.registry._budget import BudgetOps
 from trainguard.registry._checkpoints import CheckpointOps
 from trainguard.registry._clock import RegistryClock
 from trainguard.registry._engine import default_registry_url
@@ -17,6 +19,7 @@ from trainguard.registry._records import (
     RunRecord,
     WatchdogRecord,
 )
+from trainguard.registry._states import CheckpointState, EventKind, LeaseState, ProcessRole
 
 
 class Registry(CheckpointOps, BudgetOps, ProcessOps):
@@ -25,14 +28,17 @@ class Registry(CheckpointOps, BudgetOps, ProcessOps):
 
 __all__ = [
     "DEFAULT_LEASE_TTL",
-    "EXTENDABLE",
-    "LIMIT_KEYS",
     "CheckpointRecord",
+    "CheckpointState",
     "CommitVerdict",
+    "EventKind",
     "EventRecord",
     "Lease",
     "LeaseInfo",
+    "LeaseState",
+    "ProcessIdentity",
     "ProcessRecord",
+    "ProcessRole",
     "Registry",
     "RegistryClock",
     "RunRecord",

@@ -7,28 +7,26 @@ import time
 from collections.abc import Iterable
 
 from sqlalchemy import Connection, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from trainguard.errors import CheckpointNotFound
+from trainguard.errors import CheckpointNotFound, StateConflict
 from trainguard.registry import _schema as t
 from trainguard.registry._leases import LeaseOps
 from trainguard.registry._records import CheckpointRecord, CommitVerdict
-
-STATES = ("committed", "quarantined", "evicted")
+from trainguard.registry._states import STATE_EVENTS, CheckpointState, EventKind
 
 
 class CheckpointOps(LeaseOps):
     def commit_checkpoint(self, record: CheckpointRecord, *, writer: dict[str, object]) -> CommitVerdict:
-        """The single point at which a checkpoint becomes committed (design section 4, step 6).
+        """The single point at which a checkpoint becomes committed (docs/design.md, "The commit protocol",
+        step 6).
 
         In one transaction, with the run row locked: the token must be the run's live lease, the episode
         must be within the run's episode budget, the name must be new. A refusal is recorded as an event
         naming the token and the writer, and returned (not raised): refusals are expected outcomes.
         """
-        with self.transaction() as conn:
+        with self._transaction() as conn:
             run = self._lock_run(conn, record.run)
-            live, why = self.lease_check(conn, record.run, record.token)
+            live, why = self._lease_check(conn, record.run, record.token)
             verdict = CommitVerdict(accepted=True)
             max_episodes = run.limits.get("max_episodes")
             if not live:
@@ -50,7 +48,7 @@ class CheckpointOps(LeaseOps):
                         parent=record.parent,
                         fingerprint=record.fingerprint,
                         manifest_hash=record.manifest_hash,
-                        state="committed",
+                        state=CheckpointState.COMMITTED.value,
                         pinned=False,
                         metrics_json=json.dumps(record.metrics, sort_keys=True, default=float),
                         bytes=record.bytes,
@@ -58,19 +56,19 @@ class CheckpointOps(LeaseOps):
                         state_changed_at=now,
                     )
                 )
-                self.record_event(
+                self._record_event(
                     conn,
                     record.run,
-                    "checkpoint_committed",
+                    EventKind.CHECKPOINT_COMMITTED,
                     token=record.token,
                     checkpoint=record.name,
                     detail={"episode": record.episode},
                 )
             else:
-                self.record_event(
+                self._record_event(
                     conn,
                     record.run,
-                    "commit_refused",
+                    EventKind.COMMIT_REFUSED,
                     token=record.token,
                     checkpoint=record.name,
                     reason=verdict.reason,
@@ -86,101 +84,102 @@ class CheckpointOps(LeaseOps):
         return CheckpointRecord.from_row(row) if row else None
 
     def checkpoint(self, run: str, name: str) -> CheckpointRecord:
-        with self.reading() as conn:
+        with self._reading() as conn:
             found = self._row(conn, run, name)
         if found is None:
             raise CheckpointNotFound(run, name)
         return found
 
     def find_checkpoint(self, run: str, name: str) -> CheckpointRecord | None:
-        with self.reading() as conn:
+        with self._reading() as conn:
             return self._row(conn, run, name)
 
     def checkpoints(
-        self, run: str, *, states: Iterable[str] | None = ("committed",)
+        self, run: str, *, states: Iterable[CheckpointState] | None = (CheckpointState.COMMITTED,)
     ) -> list[CheckpointRecord]:
         """Checkpoints of ``run`` ordered by (episode, commit order); ``states=None`` returns every state."""
         query = select(t.checkpoints).where(t.checkpoints.c.run == run)
         if states is not None:
-            query = query.where(t.checkpoints.c.state.in_(list(states)))
+            query = query.where(t.checkpoints.c.state.in_([CheckpointState(s).value for s in states]))
         query = query.order_by(t.checkpoints.c.episode, t.checkpoints.c.id)
-        with self.reading() as conn:
+        with self._reading() as conn:
             return [CheckpointRecord.from_row(r) for r in conn.execute(query).all()]
 
-    def checkpoint_states(self) -> dict[str, dict[str, str]]:
+    def checkpoint_states(self) -> dict[str, dict[str, CheckpointState]]:
         """Every run's checkpoints (name -> state) in one query."""
-        states: dict[str, dict[str, str]] = {}
-        with self.reading() as conn:
+        states: dict[str, dict[str, CheckpointState]] = {}
+        with self._reading() as conn:
             query = select(t.checkpoints.c.run, t.checkpoints.c.name, t.checkpoints.c.state)
             for run, name, state in conn.execute(query).all():
-                states.setdefault(run, {})[name] = state
+                states.setdefault(run, {})[name] = CheckpointState(state)
         return states
 
     def set_checkpoint_state(
         self,
         run: str,
         name: str,
-        state: str,
+        state: CheckpointState,
         *,
         reason: str,
-        expect: Iterable[str] | None = None,
+        expect: Iterable[CheckpointState] | None = None,
         detail: dict[str, object] | None = None,
     ) -> CheckpointRecord:
-        """Move a checkpoint row to ``state`` (recorded as an event); ``expect`` guards against races."""
-        if state not in STATES:
-            raise ValueError(f"state {state!r}: must be one of {', '.join(STATES)}")
-        with self.transaction() as conn:
+        """Move a checkpoint row to ``state`` (recorded as an event). ``expect`` guards against races: a row
+        found in another state raises :class:`StateConflict`, as does evicting a pinned or live one."""
+        state = CheckpointState(state)
+        with self._transaction() as conn:
             self._lock_run(conn, run)
             current = self._row(conn, run, name)
             if current is None:
                 raise CheckpointNotFound(run, name)
+            subject = f"checkpoint {name!r} of run {run!r}"
             if expect is not None and current.state not in set(expect):
-                raise CheckpointNotFound(run, name, f"is {current.state}, expected {' or '.join(expect)}")
-            if state == "evicted":
+                wanted = " or ".join(CheckpointState(e).value for e in expect)
+                raise StateConflict(subject, current.state.value, f"expected {wanted}")
+            if state is CheckpointState.EVICTED:
                 # Checked under the run lock: a pin or promotion that raced the retention pass wins.
                 live = conn.execute(
                     select(t.live_pointers.c.checkpoint).where(t.live_pointers.c.run == run)
                 ).scalar()
                 if current.pinned or live == name:
-                    raise CheckpointNotFound(run, name, "is pinned or live; it cannot be evicted")
+                    raise StateConflict(subject, "pinned or live", "it cannot be evicted")
             conn.execute(
                 update(t.checkpoints)
                 .where(t.checkpoints.c.run == run, t.checkpoints.c.name == name)
-                .values(state=state, state_reason=reason, state_changed_at=time.time())
+                .values(state=state.value, state_reason=reason, state_changed_at=time.time())
             )
-            kind = {
-                "committed": "checkpoint_released",
-                "quarantined": "checkpoint_quarantined",
-                "evicted": "checkpoint_evicted",
-            }[state]
-            self.record_event(
+            self._record_event(
                 conn,
                 run,
-                kind,
+                STATE_EVENTS[state],
                 token=current.token,
                 checkpoint=name,
                 reason=reason,
-                detail={"from": current.state, **(detail or {})},
+                detail={"from": current.state.value, **(detail or {})},
             )
         return self.checkpoint(run, name)
 
     def set_pinned(self, run: str, name: str, pinned: bool, *, reason: str | None = None) -> CheckpointRecord:
-        with self.transaction() as conn:
+        with self._transaction() as conn:
             self._lock_run(conn, run)
             current = self._row(conn, run, name)
             if current is None:
                 raise CheckpointNotFound(run, name)
-            if current.state == "evicted" and pinned:
-                raise CheckpointNotFound(run, name, "was evicted; its files are gone, it cannot be pinned")
+            if current.state is CheckpointState.EVICTED and pinned:
+                raise StateConflict(
+                    f"checkpoint {name!r} of run {run!r}",
+                    "evicted",
+                    "its files are gone; it cannot be pinned",
+                )
             conn.execute(
                 update(t.checkpoints)
                 .where(t.checkpoints.c.run == run, t.checkpoints.c.name == name)
                 .values(pinned=pinned)
             )
-            self.record_event(
+            self._record_event(
                 conn,
                 run,
-                "checkpoint_pinned" if pinned else "checkpoint_unpinned",
+                EventKind.CHECKPOINT_PINNED if pinned else EventKind.CHECKPOINT_UNPINNED,
                 checkpoint=name,
                 reason=reason,
             )
@@ -189,12 +188,12 @@ class CheckpointOps(LeaseOps):
     # -- live pointers ----------------------------------------------------------------------------
 
     def live_pointers(self) -> dict[str, str]:
-        with self.reading() as conn:
+        with self._reading() as conn:
             rows = conn.execute(select(t.live_pointers.c.run, t.live_pointers.c.checkpoint)).all()
         return {str(run): str(checkpoint) for run, checkpoint in rows}
 
     def live_pointer(self, run: str) -> str | None:
-        with self.reading() as conn:
+        with self._reading() as conn:
             row = conn.execute(
                 select(t.live_pointers.c.checkpoint).where(t.live_pointers.c.run == run)
             ).first()
@@ -204,27 +203,30 @@ class CheckpointOps(LeaseOps):
         self, run: str, name: str, *, reason: str, detail: dict[str, object] | None = None
     ) -> None:
         """Move the live pointer (callers run the promotion gates first)."""
-        with self.transaction() as conn:
+        with self._transaction() as conn:
             self._lock_run(conn, run)
             target = self._row(conn, run, name)
-            if target is None or target.state != "committed":
-                raise CheckpointNotFound(run, name, "only a committed checkpoint can be live")
+            if target is None:
+                raise CheckpointNotFound(run, name)
+            if target.state is not CheckpointState.COMMITTED:
+                raise StateConflict(
+                    f"checkpoint {name!r} of run {run!r}",
+                    target.state.value,
+                    "only a committed checkpoint can be live",
+                )
             previous = conn.execute(
                 select(t.live_pointers.c.checkpoint).where(t.live_pointers.c.run == run)
             ).scalar()
             values = {"run": run, "checkpoint": name, "moved_at": time.time(), "reason": reason}
-            upsert = (pg_insert if self.dialect == "postgresql" else sqlite_insert)(t.live_pointers).values(
-                **values
-            )
-            conn.execute(upsert.on_conflict_do_update(index_elements=["run"], set_=values))
-            self.record_event(
+            conn.execute(self._upsert(t.live_pointers, "run", values))
+            self._record_event(
                 conn,
                 run,
-                "live_moved",
+                EventKind.LIVE_MOVED,
                 checkpoint=name,
                 reason=reason,
                 detail={"from": previous, **(detail or {})},
             )
 
 
-__all__ = ["STATES", "CheckpointOps"]
+__all__ = ["CheckpointOps"]

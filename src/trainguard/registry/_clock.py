@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Float, bindparam, cast, func
 from sqlalchemy.sql.elements import ColumnElement
 
-from trainguard.identity import boot_id
+from trainguard._os.identity import boot_id
 
 
 def host_monotonic() -> float:

@@ -9,22 +9,30 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Self
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, Table, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.sql.dml import Insert
 
-from trainguard.errors import RegistryError
-from trainguard.identity import ProcessIdentity
+from trainguard._os.identity import ProcessIdentity
+from trainguard.errors import RegistryError, RunNotFound
 from trainguard.names import validate_name
 from trainguard.registry import _schema as t
 from trainguard.registry._clock import RegistryClock
 from trainguard.registry._engine import create_registry_engine, redact
 from trainguard.registry._records import EventRecord, RunRecord
+from trainguard.registry._states import EventKind
 
 # Built once: constructing Core statements costs more than executing them on SQLite.
 _INSERT_EVENT = insert(t.events)
 
 
 class RegistryCore:
+    """The connection and what every operation stands on. Connection-level methods (transactions, event
+    rows inside them) are private: outside the registry a decision is only ever one public method, taken
+    in one transaction."""
+
     def __init__(self, engine: Engine, url: str, clock: RegistryClock | None = None) -> None:
         self.engine = engine
         self.url = redact(url)
@@ -93,7 +101,7 @@ class RegistryCore:
     # -- transactions -----------------------------------------------------------------------------
 
     @contextmanager
-    def transaction(self, *, durable: bool = True) -> Iterator[Connection]:
+    def _transaction(self, *, durable: bool = True) -> Iterator[Connection]:
         """A write transaction. ``durable=False`` may lose the transaction on power failure (never on a
         process crash). Only lease renewals use it: a lost renewal makes the lease look *older* than it is,
         so it expires sooner - the safe direction - and the next durable transaction (a commit that relied on
@@ -108,7 +116,7 @@ class RegistryCore:
             raise RegistryError(self.url, f"database error: {error.orig or error}") from error
 
     @contextmanager
-    def relaxed_autocommit(self) -> Iterator[Connection]:
+    def _relaxed_autocommit(self) -> Iterator[Connection]:
         """A connection whose every statement commits on its own without waiting for the disk."""
         try:
             with self._relaxed_engine.connect() as conn:
@@ -117,12 +125,19 @@ class RegistryCore:
             raise RegistryError(self.url, f"database error: {error.orig or error}") from error
 
     @contextmanager
-    def reading(self) -> Iterator[Connection]:
+    def _reading(self) -> Iterator[Connection]:
         try:
             with self.engine.connect() as conn:
                 yield conn
         except (OperationalError, DBAPIError) as error:
             raise RegistryError(self.url, f"database error: {error.orig or error}") from error
+
+    def _upsert(self, table: Table, key: str, values: dict[str, Any]) -> Insert:
+        """INSERT ... ON CONFLICT (key) DO UPDATE: one row per key, overwritten (both dialects have it, with
+        their own constructs)."""
+        insert_into = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        statement = insert_into(table).values(**values)
+        return statement.on_conflict_do_update(index_elements=[key], set_=values)
 
     def _lock_run(self, conn: Connection, run: str) -> RunRecord:
         """Lock the run's row for the rest of the transaction.
@@ -133,7 +148,7 @@ class RegistryCore:
         """
         row = conn.execute(select(t.runs).where(t.runs.c.name == run).with_for_update()).first()
         if row is None:
-            raise LookupError(f"run {run!r} is not in the registry {self.url}")
+            raise RunNotFound(run, self.url)
         return RunRecord.from_row(row)
 
     # -- runs -------------------------------------------------------------------------------------
@@ -145,7 +160,7 @@ class RegistryCore:
         existing = self.run_info(run)
         if existing is None:
             try:
-                with self.transaction() as conn:
+                with self._transaction() as conn:
                     conn.execute(
                         insert(t.runs).values(
                             name=run,
@@ -157,46 +172,53 @@ class RegistryCore:
                             runtime_spent=0.0,
                         )
                     )
-                    self.record_event(conn, run, "run_created", detail={"store": store_text})
+                    self._record_event(conn, run, EventKind.RUN_CREATED, detail={"store": store_text})
             except IntegrityError:
                 pass  # created concurrently by another process: fine, it is the same run
         elif store_text is not None and existing.store != store_text:
-            with self.transaction() as conn:
+            with self._transaction() as conn:
                 conn.execute(update(t.runs).where(t.runs.c.name == run).values(store=store_text))
-                self.record_event(conn, run, "store_moved", detail={"from": existing.store, "to": store_text})
+                self._record_event(
+                    conn, run, EventKind.STORE_MOVED, detail={"from": existing.store, "to": store_text}
+                )
+        return self.run(run)
+
+    def run(self, run: str) -> RunRecord:
+        """The run's record; raises :class:`RunNotFound` (``run_info`` returns None instead)."""
         info = self.run_info(run)
-        assert info is not None
+        if info is None:
+            raise RunNotFound(run, self.url)
         return info
 
     def run_info(self, run: str) -> RunRecord | None:
-        with self.reading() as conn:
+        with self._reading() as conn:
             row = conn.execute(select(t.runs).where(t.runs.c.name == run)).first()
         return RunRecord.from_row(row) if row else None
 
     def runs(self) -> list[RunRecord]:
-        with self.reading() as conn:
+        with self._reading() as conn:
             rows = conn.execute(select(t.runs).order_by(t.runs.c.name)).all()
         return [RunRecord.from_row(r) for r in rows]
 
     def set_limits(self, run: str, limits: dict[str, Any], *, reason: str = "effective limits") -> None:
         """Record the limits a run was given, so the store, watchdog and status judge by the same numbers."""
-        with self.transaction() as conn:
+        with self._transaction() as conn:
             self._lock_run(conn, run)
             conn.execute(update(t.runs).where(t.runs.c.name == run).values(limits_json=json.dumps(limits)))
-            self.record_event(conn, run, "limits_set", reason=reason, detail={"limits": limits})
+            self._record_event(conn, run, EventKind.LIMITS_SET, reason=reason, detail={"limits": limits})
 
     def set_resumed_from(self, run: str, checkpoint: str | None) -> None:
-        with self.transaction() as conn:
+        with self._transaction() as conn:
             conn.execute(update(t.runs).where(t.runs.c.name == run).values(resumed_from=checkpoint))
-            self.record_event(conn, run, "resumed", checkpoint=checkpoint)
+            self._record_event(conn, run, EventKind.RESUMED, checkpoint=checkpoint)
 
     # -- events -----------------------------------------------------------------------------------
 
-    def record_event(
+    def _record_event(
         self,
         conn: Connection,
         run: str | None,
-        kind: str,
+        kind: EventKind,
         *,
         token: int | None = None,
         checkpoint: str | None = None,
@@ -209,7 +231,7 @@ class RegistryCore:
             {
                 "run": run,
                 "at": time.time(),
-                "kind": kind,
+                "kind": kind.value,
                 "token": token,
                 "checkpoint": checkpoint,
                 "actor_host": me.host,
@@ -219,16 +241,16 @@ class RegistryCore:
             },
         )
 
-    def add_event(self, run: str | None, kind: str, **fields: Any) -> None:
+    def add_event(self, run: str | None, kind: EventKind, **fields: Any) -> None:
         """Record one event in its own transaction."""
-        with self.transaction() as conn:
-            self.record_event(conn, run, kind, **fields)
+        with self._transaction() as conn:
+            self._record_event(conn, run, kind, **fields)
 
     def events(
         self,
         run: str | None = None,
         *,
-        kinds: Iterable[str] | None = None,
+        kinds: Iterable[EventKind] | None = None,
         after_id: int = 0,
         since: float | None = None,
         limit: int | None = None,
@@ -242,7 +264,7 @@ class RegistryCore:
             query = query.where(t.events.c.kind.in_(list(kinds)))
         if limit is not None:
             query = query.limit(limit)
-        with self.reading() as conn:
+        with self._reading() as conn:
             return [EventRecord.from_row(r) for r in conn.execute(query).all()]
 
 

@@ -8,6 +8,7 @@ from ``runs.last_token``, bumped in the transaction that grants the lease.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from typing import Any, Self
 
@@ -27,13 +28,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.elements import ColumnElement
 
-from trainguard.errors import ConfigError, LeaseHeld, LeaseLost
-from trainguard.identity import ProcessIdentity, is_same_process_alive
+from trainguard._os.identity import ProcessIdentity, is_same_process_alive
+from trainguard.errors import InvalidArgument, LeaseHeld, LeaseLost, RegistryError
 from trainguard.names import validate_name
 from trainguard.registry import _schema as t
 from trainguard.registry._core import RegistryCore
 from trainguard.registry._records import LeaseInfo
+from trainguard.registry._states import EventKind, LeaseState
 
+log = logging.getLogger("trainguard")
 DEFAULT_LEASE_TTL = 30.0
 
 
@@ -72,6 +75,22 @@ class Lease:
     def renew(self) -> None:
         self.registry.renew(self)
 
+    def keep_alive(self) -> str | None:
+        """Renew the lease; None while it is held, else why it is lost - an expected outcome, so a reason,
+        not an exception. The one rule for every process that holds a lease (Guard, launcher): a lease the
+        registry refuses to renew is lost at once; a registry that cannot be reached costs nothing until
+        the lease's own ttl has passed without a renewal (then nothing this process writes could commit
+        anyway)."""
+        try:
+            self.renew()
+        except LeaseLost as lost:
+            return lost.reason
+        except RegistryError as error:
+            log.warning("trainguard: lease renewal failed: %s", error)
+            if not self.held_locally:
+                return f"registry unreachable for longer than the lease ttl ({error.reason})"
+        return None
+
     def release(self) -> bool:
         return self.registry.release(self)
 
@@ -91,7 +110,7 @@ class LeaseOps(RegistryCore):
     def _live(self) -> ColumnElement[bool]:
         lease = t.leases.c
         return and_(
-            lease.state == "held",
+            lease.state == LeaseState.HELD.value,
             or_(
                 and_(lease.clock_domain == self.clock.domain, lease.expires_at > self.clock.now()),
                 and_(lease.clock_domain != self.clock.domain, lease.expires_wall > self.clock.wall()),
@@ -148,12 +167,12 @@ class LeaseOps(RegistryCore):
         if self.dialect == "postgresql":
             me = self.identity
             params.update(actor_host=me.host, actor_pid=me.pid)
-            with self.relaxed_autocommit() as conn:
+            with self._relaxed_autocommit() as conn:
                 return conn.execute(self._renew_logged, params).first() is not None
-        with self.transaction(durable=False) as conn:
+        with self._transaction(durable=False) as conn:
             if conn.execute(self._renew_lease, params).rowcount != 1:
                 return False
-            self.record_event(conn, lease.run, "lease_renewed", token=lease.token)
+            self._record_event(conn, lease.run, EventKind.LEASE_RENEWED, token=lease.token)
             return True
 
     def _lease_row(self, conn: Connection, run: str) -> LeaseInfo | None:
@@ -162,22 +181,24 @@ class LeaseOps(RegistryCore):
 
     def leases(self) -> dict[str, LeaseInfo]:
         """Every run's lease row in one query (the watchdog's sweep reads them all at once)."""
-        with self.reading() as conn:
+        with self._reading() as conn:
             rows = conn.execute(select(t.leases, self._live.label("live")), self.clock.params()).all()
         return {row._mapping["run"]: LeaseInfo.from_row(row, bool(row._mapping["live"])) for row in rows}
 
     def lease_info(self, run: str) -> LeaseInfo | None:
         """The run's lease row as the registry sees it now (``live`` judged by the registry clock)."""
-        with self.reading() as conn:
+        with self._reading() as conn:
             return self._lease_row(conn, run)
 
-    def _end(self, conn: Connection, lease: LeaseInfo, state: str, kind: str, reason: str) -> None:
+    def _end(
+        self, conn: Connection, lease: LeaseInfo, state: LeaseState, kind: EventKind, reason: str
+    ) -> None:
         conn.execute(
             update(t.leases)
             .where(t.leases.c.run == lease.run, t.leases.c.token == lease.token)
-            .values(state=state, ended_at=time.time(), end_reason=reason)
+            .values(state=state.value, ended_at=time.time(), end_reason=reason)
         )
-        self.record_event(
+        self._record_event(
             conn,
             lease.run,
             kind,
@@ -196,15 +217,15 @@ class LeaseOps(RegistryCore):
         """
         validate_name(run, "run")
         if not ttl > 0:
-            raise ConfigError("lease_ttl", ttl, "must be a positive number of seconds")
+            raise InvalidArgument("ttl", ttl, "must be a positive number of seconds")
         if self.run_info(run) is None:
             self.ensure_run(run)
         me = self.identity
         lease = Lease(self, run, 0, ttl, me)
-        with self.transaction() as conn:
+        with self._transaction() as conn:
             info = self._lock_run(conn, run)
             current = self._lease_row(conn, run)
-            if current is not None and current.state == "held":
+            if current is not None and current.state is LeaseState.HELD:
                 self._end_previous(conn, current, me, takeover, reason)
             token = info.last_token + 1
             conn.execute(update(t.runs).where(t.runs.c.name == run).values(last_token=token))
@@ -214,7 +235,7 @@ class LeaseOps(RegistryCore):
                 insert(t.leases).values(
                     run=run,
                     token=token,
-                    state="held",
+                    state=LeaseState.HELD.value,
                     holder_host=me.host,
                     holder_host_key=me.host_key,
                     holder_pid=me.pid,
@@ -229,10 +250,10 @@ class LeaseOps(RegistryCore):
                 ),
                 self.clock.params(),
             )
-            self.record_event(
+            self._record_event(
                 conn,
                 run,
-                "lease_acquired",
+                EventKind.LEASE_ACQUIRED,
                 token=token,
                 reason=reason,
                 detail={"ttl": ttl, "previous_token": current.token if current else None},
@@ -245,7 +266,11 @@ class LeaseOps(RegistryCore):
     ) -> None:
         if not current.live:
             self._end(
-                conn, current, "expired", "lease_expired", f"not renewed within its ttl of {current.ttl:g}s"
+                conn,
+                current,
+                LeaseState.EXPIRED,
+                EventKind.LEASE_EXPIRED,
+                f"not renewed within its ttl of {current.ttl:g}s",
             )
         elif current.holder_host_key == me.host_key and not is_same_process_alive(
             current.holder_pid, current.holder_start_time
@@ -253,13 +278,13 @@ class LeaseOps(RegistryCore):
             self._end(
                 conn,
                 current,
-                "expired",
-                "lease_expired",
+                LeaseState.EXPIRED,
+                EventKind.LEASE_EXPIRED,
                 f"holder pid {current.holder_pid} on {current.holder_host} is gone",
             )
         elif takeover:
             why = f"taken over by pid {me.pid} on {me.host}" + (f": {reason}" if reason else "")
-            self._end(conn, current, "revoked", "lease_revoked", why)
+            self._end(conn, current, LeaseState.REVOKED, EventKind.LEASE_REVOKED, why)
         else:
             raise LeaseHeld(
                 current.run, current.holder_host, current.holder_pid, current.acquired_at, current.token
@@ -268,7 +293,7 @@ class LeaseOps(RegistryCore):
     def adopt(self, run: str, token: int) -> Lease:
         """Take over the *handle* of a lease another process acquired for us (``trainguard run`` hands its
         lease to the child): no new token, the token must be the live one."""
-        with self.reading() as conn:
+        with self._reading() as conn:
             current = self._lease_row(conn, run)
         if current is None or current.token != token or not current.live:
             raise LeaseLost(run, token, self._describe(current, token))
@@ -280,26 +305,30 @@ class LeaseOps(RegistryCore):
         """Extend the lease by its TTL; raise :class:`LeaseLost` (and remember why) if it is not current."""
         started = time.monotonic()
         if not self._renew_row(lease):
-            with self.transaction() as conn:
+            with self._transaction() as conn:
                 lost = self._describe(self._lease_row(conn, lease.run), lease.token)
-                self.record_event(conn, lease.run, "lease_lost", token=lease.token, reason=lost)
+                self._record_event(conn, lease.run, EventKind.LEASE_LOST, token=lease.token, reason=lost)
             lease.lost_reason = lost
             raise LeaseLost(lease.run, lease.token, lost)
         lease.local_deadline = started + lease.ttl
 
     def release(self, lease: Lease) -> bool:
         """Give the lease up. Returns False if it was no longer held (nothing to release)."""
-        with self.transaction() as conn:
+        with self._transaction() as conn:
             result = conn.execute(
                 update(t.leases)
                 .where(
-                    t.leases.c.run == lease.run, t.leases.c.token == lease.token, t.leases.c.state == "held"
+                    t.leases.c.run == lease.run,
+                    t.leases.c.token == lease.token,
+                    t.leases.c.state == LeaseState.HELD.value,
                 )
-                .values(state="released", ended_at=time.time(), end_reason="released by holder")
+                .values(
+                    state=LeaseState.RELEASED.value, ended_at=time.time(), end_reason="released by holder"
+                )
             )
             released = result.rowcount == 1
             if released:
-                self.record_event(conn, lease.run, "lease_released", token=lease.token)
+                self._record_event(conn, lease.run, EventKind.LEASE_RELEASED, token=lease.token)
         lease.released = True
         return released
 
@@ -309,13 +338,15 @@ class LeaseOps(RegistryCore):
         From the moment this returns, no commit with the revoked token can succeed.
         """
         if not reason or not reason.strip():
-            raise ConfigError("reason", reason, "a revoke needs a reason for the audit log")
-        with self.transaction() as conn:
+            raise InvalidArgument("reason", reason, "a revoke needs a reason for the audit log")
+        with self._transaction() as conn:
             self._lock_run(conn, run)
             current = self._lease_row(conn, run)
-            if current is None or current.state != "held" or (token is not None and current.token != token):
+            if current is None or current.state is not LeaseState.HELD:
                 return None
-            self._end(conn, current, "revoked", "lease_revoked", reason)
+            if token is not None and current.token != token:
+                return None
+            self._end(conn, current, LeaseState.REVOKED, EventKind.LEASE_REVOKED, reason)
         return current
 
     @staticmethod
@@ -324,11 +355,11 @@ class LeaseOps(RegistryCore):
             return "the run has no lease"
         if current.token != token:
             return f"superseded by token {current.token} (pid {current.holder_pid} on {current.holder_host})"
-        if current.state == "held" and not current.live:
+        if current.state is LeaseState.HELD and not current.live:
             return f"expired: not renewed within its ttl of {current.ttl:g}s"
         return f"{current.state}: {current.end_reason or 'no reason recorded'}"
 
-    def lease_check(self, conn: Connection, run: str, token: int) -> tuple[bool, str]:
+    def _lease_check(self, conn: Connection, run: str, token: int) -> tuple[bool, str]:
         """Inside a transaction that has locked the run: is ``token`` the live lease?"""
         current = self._lease_row(conn, run)
         if current is not None and current.token == token and current.live:

@@ -8,26 +8,25 @@ import time
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from trainguard.identity import ProcessIdentity
+from trainguard._os.identity import ProcessIdentity
 from trainguard.registry import _schema as t
 from trainguard.registry._core import RegistryCore
 from trainguard.registry._records import ProcessRecord, WatchdogRecord
+from trainguard.registry._states import EventKind, ProcessRole
 
 
 class ProcessOps(RegistryCore):
     def register_process(
-        self, run: str, token: int, role: str, who: ProcessIdentity, *, pgid: int | None = None
+        self, run: str, token: int, role: ProcessRole, who: ProcessIdentity, *, pgid: int | None = None
     ) -> int:
-        with self.transaction() as conn:
+        with self._transaction() as conn:
             row_id = conn.execute(
                 insert(t.processes)
                 .values(
                     run=run,
                     token=token,
-                    role=role,
+                    role=role.value,
                     host=who.host,
                     host_key=who.host_key,
                     pid=who.pid,
@@ -37,17 +36,17 @@ class ProcessOps(RegistryCore):
                 )
                 .returning(t.processes.c.id)
             ).scalar_one()
-            self.record_event(
+            self._record_event(
                 conn,
                 run,
-                "process_registered",
+                EventKind.PROCESS_REGISTERED,
                 token=token,
-                detail={"role": role, "pid": who.pid, "start_time": who.start_time, "pgid": pgid},
+                detail={"role": role.value, "pid": who.pid, "start_time": who.start_time, "pgid": pgid},
             )
         return int(row_id)
 
     def end_process(self, process_id: int) -> None:
-        with self.transaction() as conn:
+        with self._transaction() as conn:
             conn.execute(
                 update(t.processes).where(t.processes.c.id == process_id).values(ended_at=time.time())
             )
@@ -62,7 +61,7 @@ class ProcessOps(RegistryCore):
             query = query.where(t.processes.c.token == token)
         if not include_ended:
             query = query.where(t.processes.c.ended_at.is_(None))
-        with self.reading() as conn:
+        with self._reading() as conn:
             return [ProcessRecord.from_row(r) for r in conn.execute(query).all()]
 
     def watchdog_beat(self, who: ProcessIdentity, interval: float, detail: dict[str, Any]) -> None:
@@ -75,12 +74,11 @@ class ProcessOps(RegistryCore):
             "beat_at": time.time(),
             "detail_json": json.dumps(detail, default=str),
         }
-        upsert = (pg_insert if self.dialect == "postgresql" else sqlite_insert)(t.watchdogs).values(**values)
-        with self.transaction(durable=False) as conn:
-            conn.execute(upsert.on_conflict_do_update(index_elements=["host_key"], set_=values))
+        with self._transaction(durable=False) as conn:
+            conn.execute(self._upsert(t.watchdogs, "host_key", values))
 
     def watchdogs(self) -> list[WatchdogRecord]:
-        with self.reading() as conn:
+        with self._reading() as conn:
             return [WatchdogRecord.from_row(r) for r in conn.execute(select(t.watchdogs)).all()]
 
 

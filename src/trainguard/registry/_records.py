@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Row
 
+from trainguard.registry._states import CheckpointState, LeaseState, ProcessRole
+
 R = TypeVar("R")
 
 
@@ -43,7 +45,7 @@ class RunRecord:
 class LeaseInfo:
     run: str
     token: int
-    state: str
+    state: LeaseState
     holder_host: str
     holder_host_key: str
     holder_pid: int
@@ -59,7 +61,12 @@ class LeaseInfo:
 
     @classmethod
     def from_row(cls, row: Row[Any], live: bool) -> LeaseInfo:
-        return _from_row(cls, row, live=live)
+        return _from_row(cls, row, live=live, state=LeaseState(row._mapping["state"]))
+
+    @property
+    def held(self) -> bool:
+        """Held and not expired (judged by the registry clock when this record was read)."""
+        return self.state is LeaseState.HELD and self.live
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,7 @@ class CheckpointRecord:
     episode: int
     token: int
     manifest_hash: str
-    state: str = "committed"
+    state: CheckpointState = CheckpointState.COMMITTED
     pinned: bool = False
     parent: str | None = None
     fingerprint: str | None = None
@@ -82,7 +89,13 @@ class CheckpointRecord:
     @classmethod
     def from_row(cls, row: Row[Any]) -> CheckpointRecord:
         mapping = row._mapping
-        return _from_row(cls, row, pinned=bool(mapping["pinned"]), metrics=_json(mapping["metrics_json"]))
+        return _from_row(
+            cls,
+            row,
+            state=CheckpointState(mapping["state"]),
+            pinned=bool(mapping["pinned"]),
+            metrics=_json(mapping["metrics_json"]),
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -90,7 +103,7 @@ class CheckpointRecord:
             "name": self.name,
             "episode": self.episode,
             "token": self.token,
-            "state": self.state,
+            "state": self.state.value,
             "pinned": self.pinned,
             "parent": self.parent,
             "fingerprint": self.fingerprint,
@@ -127,7 +140,7 @@ class ProcessRecord:
     id: int
     run: str
     token: int
-    role: str
+    role: ProcessRole
     host: str
     host_key: str
     pid: int
@@ -138,7 +151,7 @@ class ProcessRecord:
 
     @classmethod
     def from_row(cls, row: Row[Any]) -> ProcessRecord:
-        return _from_row(cls, row)
+        return _from_row(cls, row, role=ProcessRole(row._mapping["role"]))
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,34 @@
-"""The outside layer: launcher, watchdog, kill ladder, /proc scans (design sections 3.3 and 3.4)."""
+"""Supervision from outside the training process: the launcher (``trainguard run``), the watchdog, the kill
+ladder, the rogue-writer scan and the watchdog's metrics (see docs/design.md, "The launcher" and "The
+watchdog"). Linux first; elsewhere each says so in one line (``NotSupported``)."""
+
+from __future__ import annotations
+
+from trainguard._os.identity import is_same_process_alive
+from trainguard.supervise._procs import Evidence, holders_under, marked_processes
+from trainguard.supervise.ladder import LadderResult, Target, run_ladder
+from trainguard.supervise.launcher import Launcher, LaunchOptions, LaunchResult
+from trainguard.supervise.metrics import WatchdogMetrics
+from trainguard.supervise.scan import StoreFindings, Suspect, scan_store
+from trainguard.supervise.watchdog import Finding, SweepReport, Violation, Watchdog
+
+__all__ = [
+    "Evidence",
+    "Finding",
+    "LadderResult",
+    "LaunchOptions",
+    "LaunchResult",
+    "Launcher",
+    "StoreFindings",
+    "Suspect",
+    "SweepReport",
+    "Target",
+    "Violation",
+    "Watchdog",
+    "WatchdogMetrics",
+    "holders_under",
+    "is_same_process_alive",
+    "marked_processes",
+    "run_ladder",
+    "scan_store",
+]

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from trainguard.identity import is_same_process_alive
+from trainguard._os.identity import is_same_process_alive, same_start_time
 
-_TOLERANCE = 0.02
 _VERIFY_TIMEOUT = 10.0
 
 
@@ -102,7 +101,7 @@ def _pin(target: Target) -> tuple[_Pinned | None, str]:
         if fd is not None:
             os.close(fd)
         return None, "already gone"
-    if abs(started - target.start_time) > _TOLERANCE:
+    if not same_start_time(started, target.start_time):
         if fd is not None:
             os.close(fd)
         return (

@@ -21,21 +21,24 @@ from types import FrameType
 
 import yaml
 
-from trainguard import environment
-from trainguard._monitor import tree_rss
+from trainguard._os import environment
+from trainguard._os.files import write_atomically
+from trainguard._os.identity import ProcessIdentity
+from trainguard._os.resources import tree_rss
 from trainguard.budget import Runtime
 from trainguard.checkpoints import CheckpointStore
 from trainguard.config import TrainguardConfig
-from trainguard.errors import ConfigError, LeaseLost, RegistryError
-from trainguard.registry import Lease, Registry, default_registry_url
-from trainguard.supervise import linux
+from trainguard.errors import ExitCode, InvalidArgument
+from trainguard.guard import REFUSALS, Stop, StopReason
+from trainguard.names import episode_pattern
+from trainguard.registry import EventKind, Lease, ProcessRole, Registry, default_registry_url
+from trainguard.supervise import _linux as linux
+from trainguard.supervise._procs import marked_processes
+from trainguard.supervise._progress_line import ProgressLine
+from trainguard.supervise._reaping import reap_children, signal_group, wait_reaped
 from trainguard.supervise.ladder import LadderResult, Target, run_ladder
-from trainguard.supervise.procs import marked_processes
-from trainguard.supervise.progress_line import ProgressLine
-from trainguard.supervise.reaping import identity_of, reap_children, signal_group, wait_reaped
 
 log = logging.getLogger("trainguard")
-EXIT_GUARD = 3
 _POLL = 0.05
 _WATCH_EVERY = 0.2
 
@@ -56,17 +59,23 @@ class _Progress:
     watch_dir: Path
     seen: int | None = None  # highest episode among watched checkpoint files
     last_new_file: float | None = None
-    charged: float = 0.0  # runtime the launcher charged for a legacy child
     legacy: bool = True  # no Guard has registered inside the child (yet)
 
 
 @dataclass
 class LaunchResult:
     exit_code: int
-    reason: str  # completed | failed | runtime | memory | episodes | lease_lost | signal
+    stop: Stop | None  # why the launcher stopped the child; None when the child ended on its own
     child_status: int | None
     episodes_seen: int | None = None
     ladder: LadderResult | None = None
+
+    @property
+    def reason(self) -> str:
+        """The stop's reason, else ``completed`` (the child exited 0) or ``failed``."""
+        if self.stop is not None:
+            return self.stop.reason.value
+        return "completed" if self.child_status == 0 else "failed"
 
 
 def _watched_episodes(directory: Path, pattern: re.Pattern[str]) -> tuple[int | None, float | None]:
@@ -95,13 +104,10 @@ class Launcher:
         self.config = config
         self.options = options
         self.run = config.require_run()
-        self.pattern = re.compile(options.watch_pattern) if options.watch_pattern else None
-        if self.pattern is not None and "episode" not in self.pattern.groupindex:
-            raise ConfigError(
-                "--watch-pattern", options.watch_pattern, "needs a named group (?P<episode>\\d+)"
-            )
-        self.stop_reason: str | None = None
-        self.stop_detail = ""
+        self.pattern = (
+            episode_pattern("watch_pattern", options.watch_pattern) if options.watch_pattern else None
+        )
+        self.stop: Stop | None = None
         self.progress = _Progress(beat_every=0.0, watch_dir=Path())
         self._line = ProgressLine(self.run, enabled=options.progress)
         self._signals: list[int] = []
@@ -139,7 +145,7 @@ class Launcher:
             ]
         path = store_path / ".trainguard" / f"{self.run}.effective.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(body, sort_keys=True))
+        write_atomically(path, yaml.safe_dump(body, sort_keys=True))
         return path
 
     def _spawn(self, lease: Lease, url: str, store_path: Path) -> subprocess.Popen[bytes]:
@@ -160,9 +166,9 @@ class Launcher:
                 preexec_fn=linux.child_setup(os.getpid(), self.options.rlimits),  # noqa: PLW1509
             )
         except FileNotFoundError as error:
-            raise ConfigError("command", self.options.command[0], "not found") from error
+            raise InvalidArgument("command", self.options.command[0], "not found") from error
         except PermissionError as error:
-            raise ConfigError("command", self.options.command[0], "is not executable") from error
+            raise InvalidArgument("command", self.options.command[0], "is not executable") from error
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -170,20 +176,21 @@ class Launcher:
         linux.become_subreaper()
         # Registered *before* the child exists: from its first instant the child carries the run marker, and
         # a watchdog sweeping right then must find a live owner for it, not an orphan.
-        ids = [registry.register_process(self.run, lease.token, "launcher", registry.identity)]
+        ids = [registry.register_process(self.run, lease.token, ProcessRole.LAUNCHER, registry.identity)]
         child = self._spawn(lease, url, store_path)
         ids.append(
-            registry.register_process(self.run, lease.token, "child", identity_of(child.pid), pgid=child.pid)
+            registry.register_process(
+                self.run, lease.token, ProcessRole.CHILD, ProcessIdentity.of(child.pid), pgid=child.pid
+            )
         )
         registry.add_event(
             self.run,
-            "launcher_started",
+            EventKind.LAUNCHER_STARTED,
             token=lease.token,
             detail={"command": self.options.command, "child_pid": child.pid},
         )
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        info = registry.run_info(self.run)
-        runtime = Runtime(self.settings.get("max_runtime"), info.runtime_spent if info else 0.0)
+        runtime = Runtime(self.settings.get("max_runtime"), registry.run(self.run).runtime_spent)
         status, ladder, seen = None, None, None
         try:
             with self._line:
@@ -195,8 +202,8 @@ class Launcher:
             leftovers = self._kill_leftovers(lease.token)
             if leftovers is not None and ladder is None:
                 ladder = leftovers
-            if self.progress.legacy and self.progress.charged:  # settle the prepay: charge what was spent
-                registry.charge(self.run, runtime=runtime.elapsed() - self.progress.charged)
+            if self.progress.legacy and runtime.charged:  # settle the prepay: charge what was spent
+                registry.charge(self.run, runtime=runtime.settle())
             for process_id in ids:
                 registry.end_process(process_id)
         return self._finish(registry, lease, status, ladder, seen)
@@ -218,7 +225,7 @@ class Launcher:
             beat_every=min(self.config.monitoring.heartbeat_interval, lease.ttl / 3),
             watch_dir=self.options.watch_dir or store_path,
         )
-        child_target = Target(child.pid, identity_of(child.pid).start_time, "child")
+        child_target = Target(child.pid, ProcessIdentity.of(child.pid).start_time, ProcessRole.CHILD.value)
         next_beat = next_watch = 0.0
         forwarded_at: float | None = None
         while True:
@@ -227,7 +234,7 @@ class Launcher:
                 child.returncode = status  # we reaped it; Popen must not try again
                 return None, progress.seen
             if self._signals and forwarded_at is None:
-                self._stop("signal", f"signal {self._signals[0]} received")
+                self._stop(StopReason.SIGNAL, f"signal {self._signals[0]} received")
                 signal_group(child.pid, signal.SIGTERM)
                 forwarded_at = time.monotonic()
             if forwarded_at is not None and (
@@ -243,7 +250,7 @@ class Launcher:
                 next_beat = time.monotonic() + progress.beat_every
                 self._beat(registry, lease, runtime, child.pid, progress)
                 self._line.update(registry)
-            if self.stop_reason is not None and forwarded_at is None:
+            if self.stop is not None and forwarded_at is None:
                 # A budget or lease stop (a forwarded signal waits for the child above instead).
                 return run_ladder([child_target], grace=self.options.grace), progress.seen
             time.sleep(_POLL)
@@ -251,14 +258,8 @@ class Launcher:
     def _beat(
         self, registry: Registry, lease: Lease, runtime: Runtime, child_pid: int, progress: _Progress
     ) -> None:
-        try:
-            lease.renew()
-        except LeaseLost as lost:
-            self._stop("lease_lost", lost.reason)
-        except RegistryError as error:
-            log.warning("trainguard run: lease renewal failed: %s", error)
-            if not lease.held_locally:
-                self._stop("lease_lost", "registry unreachable for longer than the lease ttl")
+        if (lost := lease.keep_alive()) is not None:
+            self._stop(StopReason.LEASE_LOST, lost)
         # Until a Guard inside the child registers, the launcher accounts for the run (a legacy script
         # never will): runtime charged ahead, episodes from the files it writes, heartbeats for the watchdog.
         # The hand-off is one-way: once a Guard has accounted for this lease the launcher never takes the
@@ -269,19 +270,15 @@ class Launcher:
             guards = [
                 p
                 for p in registry.processes(self.run, token=lease.token, include_ended=True)
-                if p.role == "guard"
+                if p.role is ProcessRole.GUARD
             ]
             if guards:
                 # Settle what the launcher charged up to the moment the Guard registered (its prepay would
                 # otherwise be counted on top of the Guard's own).
-                accountable = max(0.0, guards[0].registered_at - runtime.started_wall)
-                registry.charge(self.run, runtime=accountable - progress.charged)
-                progress.charged = accountable
+                registry.charge(self.run, runtime=runtime.settle(until_wall=guards[0].registered_at))
                 progress.legacy = False
         if progress.legacy:
-            due = runtime.elapsed() + 2 * progress.beat_every - progress.charged
-            registry.charge(self.run, runtime=due)
-            progress.charged += due
+            registry.charge(self.run, runtime=runtime.charge_ahead(progress.beat_every))
             age = None if progress.last_new_file is None else time.time() - progress.last_new_file
             registry.record_heartbeat(
                 self.run,
@@ -302,21 +299,23 @@ class Launcher:
         episodes = self.settings.get("max_episodes")
         if episodes is not None and found > episodes:
             self._stop(
-                "episodes", f"a checkpoint of episode {found} appeared; the budget is {episodes} episodes"
+                StopReason.EPISODES,
+                f"a checkpoint of episode {found} appeared; the budget is {episodes} episodes",
             )
 
     def _check_budget(self, runtime: Runtime, child_pid: int) -> None:
-        limit = self.settings.get("max_runtime")
-        if limit is not None and runtime.spent >= limit:
-            self._stop("runtime", f"runtime {runtime.spent:.1f}s reached the budget of {limit:g}s")
+        if runtime.exhausted:
+            self._stop(
+                StopReason.RUNTIME, f"runtime {runtime.spent:.1f}s reached the budget of {runtime.limit:g}s"
+            )
         memory = self.settings.get("max_memory")
         if memory is not None and (rss := tree_rss(child_pid)) > memory:
-            self._stop("memory", f"process tree RSS {rss} bytes is over max_memory {memory}")
+            self._stop(StopReason.MEMORY, f"process tree RSS {rss} bytes is over max_memory {memory}")
 
-    def _stop(self, reason: str, detail: str) -> None:
-        if self.stop_reason is None:
-            self.stop_reason, self.stop_detail = reason, detail
-            log.warning("trainguard run: stopping %r: %s: %s", self.run, reason, detail)
+    def _stop(self, reason: StopReason, detail: str) -> None:
+        if self.stop is None:
+            self.stop = Stop(reason, detail)
+            log.warning("trainguard run: stopping %r: %s", self.run, self.stop)
 
     def _kill_leftovers(self, token: int) -> LadderResult | None:
         """Every descendant still alive (re-parented to us as subreaper) or still carrying our marker."""
@@ -350,27 +349,27 @@ class Launcher:
         ladder: LadderResult | None,
         seen: int | None,
     ) -> LaunchResult:
-        reason = self.stop_reason or ("completed" if status == 0 else "failed")
-        if reason in ("runtime", "memory", "episodes", "lease_lost"):
-            code = EXIT_GUARD
+        if self.stop is not None and self.stop.reason in REFUSALS:
+            code = int(ExitCode.REFUSED)
         elif status is None:
             code = 128 + signal.SIGKILL
         else:
             code = status
+        result = LaunchResult(code, self.stop, status, seen, ladder)
         registry.add_event(
             self.run,
-            "launcher_exited",
+            EventKind.LAUNCHER_EXITED,
             token=lease.token,
-            reason=self.stop_detail or reason,
+            reason=self.stop.detail if self.stop else result.reason,
             detail={
-                "reason": reason,
+                "reason": result.reason,
                 "exit_code": code,
                 "child_status": status,
                 "ladder": ladder.as_dict() if ladder else None,
                 "episodes_seen": seen,
             },
         )
-        return LaunchResult(code, reason, status, seen, ladder)
+        return result
 
 
-__all__ = ["EXIT_GUARD", "LaunchOptions", "LaunchResult", "Launcher"]
+__all__ = ["LaunchOptions", "LaunchResult", "Launcher"]

@@ -9,16 +9,11 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from trainguard._monitor import tree_bytes
-from trainguard.registry import Registry
-from trainguard.supervise.snapshot import Snapshot
+from trainguard._os.resources import tree_bytes
+from trainguard.budget import budget_lines
+from trainguard.registry import CheckpointState, EventKind, Registry
+from trainguard.supervise._snapshot import Snapshot
 from trainguard.supervise.watchdog import SweepReport
-
-_BUDGETS = (
-    ("episodes", "episodes_spent", "max_episodes"),
-    ("steps", "steps_spent", "max_steps"),
-    ("runtime", "runtime_spent", "max_runtime"),
-)
 
 
 class WatchdogMetrics:
@@ -88,25 +83,24 @@ class WatchdogMetrics:
         snapshot = report.snapshot or Snapshot.take(registry, proc=False)
         for run in snapshot.runs:
             self.episodes.labels(run.name).set(run.episodes_spent)
-            for budget, spent_field, limit_key in _BUDGETS:
-                limit = run.limits.get(limit_key)
-                if limit is not None:
-                    self.remaining.labels(run.name, budget).set(max(0.0, limit - getattr(run, spent_field)))
+            for line in budget_lines(run):
+                if line.budget.cumulative and line.remaining is not None:
+                    self.remaining.labels(run.name, line.budget.value).set(line.remaining)
             lease = snapshot.leases.get(run.name)
             self.token.labels(run.name).set(lease.token if lease is not None and lease.live else 0)
             beat = snapshot.heartbeats.get(run.name)
             if beat is not None:
                 self.heartbeat_age.labels(run.name).set(snapshot.at - beat["at"])
-            counts = collections.Counter({"committed": 0, "quarantined": 0, "evicted": 0})
+            counts = collections.Counter(dict.fromkeys(CheckpointState, 0))
             counts.update(snapshot.checkpoint_states.get(run.name, {}).values())
             for state, count in counts.items():
-                self.checkpoints.labels(run.name, state).set(count)
+                self.checkpoints.labels(run.name, state.value).set(count)
             if run.store and Path(run.store).is_dir():
                 self.store_bytes.labels(run.name).set(tree_bytes(Path(run.store)))
         for finding, ladder in report.ladders:
             if ladder is not None:
                 self.kills.labels(finding.reason).inc()
-        for event in registry.events(kinds=["commit_refused"], after_id=self._last_event_id):
+        for event in registry.events(kinds=[EventKind.COMMIT_REFUSED], after_id=self._last_event_id):
             reason = "fenced" if event.detail.get("fenced") else "refused"
             self.refusals.labels(event.run or "", reason).inc()
             self._last_event_id = max(self._last_event_id, event.id)

@@ -1,4 +1,4 @@
-"""Finding what should not be writing a run's checkpoints (design section 3.4, failure F3).
+"""Finding what should not be writing a run's checkpoints (docs/design.md, "The watchdog"; failure F3).
 
 Three traces, from strongest to weakest:
 - a process whose commit was *refused* for a stale token (the event and the quarantined staging name it,
@@ -17,11 +17,12 @@ from pathlib import Path
 
 import psutil
 
-from trainguard.checkpoints._layout import RESERVED, STAGING, StagingName
-from trainguard.checkpoints.store import CheckpointStore
-from trainguard.registry import Registry, RunRecord
-from trainguard.supervise.procs import Evidence, describe
-from trainguard.supervise.snapshot import Snapshot
+from trainguard.budget import overruns
+from trainguard.checkpoints import CheckpointStore
+from trainguard.checkpoints.layout import RESERVED, STAGING, StagingName
+from trainguard.registry import CheckpointState, Registry, RunRecord
+from trainguard.supervise._procs import Evidence, describe
+from trainguard.supervise._snapshot import Snapshot
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def owners(snapshot: Snapshot, run: str) -> tuple[int | None, set[int]]:
     """The run's live token and the pids entitled to touch its store: the lease holder and the registered
     processes of that token that are still the same processes, and their descendants."""
     lease = snapshot.leases.get(run)
-    if lease is None or lease.state != "held" or not lease.live:
+    if lease is None or not lease.held:
         return None, set()
     identities = [(p.host_key, p.pid, p.start_time) for p in snapshot.processes_of(run, lease.token)]
     identities.append((lease.holder_host_key, lease.holder_pid, lease.holder_start_time))
@@ -137,20 +138,14 @@ def scan_run(snapshot: Snapshot, run: RunRecord) -> StoreFindings:
     return findings
 
 
-def _run_problems(snapshot: Snapshot, run: RunRecord, states: dict[str, str]) -> list[str]:
+def _run_problems(snapshot: Snapshot, run: RunRecord, states: dict[str, CheckpointState]) -> list[str]:
     problems = []
     live = snapshot.live.get(run.name)
-    if live is not None and states.get(live) != "committed":
-        problems.append(
-            f"the live pointer is on {live}, which is {states.get(live, 'missing')}: serving refuses it"
-        )
-    limits = run.limits
-    if limits.get("max_episodes") is not None and run.episodes_spent > limits["max_episodes"]:
-        problems.append(f"over budget: {run.episodes_spent} episodes spent of {limits['max_episodes']}")
-    if limits.get("max_runtime") is not None and run.runtime_spent > limits["max_runtime"] + 2 * limits.get(
-        "heartbeat_interval", 5.0
-    ):
-        problems.append(f"over budget: runtime {run.runtime_spent:.0f}s of {limits['max_runtime']:g}s")
+    if live is not None and states.get(live) is not CheckpointState.COMMITTED:
+        state = states.get(live)
+        shown = state.value if state else "missing"
+        problems.append(f"the live pointer is on {live}, which is {shown}: serving refuses it")
+    problems.extend(f"over budget: {overrun}" for overrun in overruns(run))
     return problems
 
 
@@ -159,8 +154,8 @@ def scan_store(registry: Registry, run: RunRecord) -> StoreFindings:
     findings = scan_run(Snapshot.take(registry, runs=[run]), run)
     live = registry.live_pointer(run.name)
     record = registry.find_checkpoint(run.name, live) if live else None
-    if record is not None and record.state == "committed" and run.store:
-        with CheckpointStore(run.store, run=run.name, registry=registry, recover_on_open=False) as store:
+    if record is not None and record.state is CheckpointState.COMMITTED and run.store:
+        with CheckpointStore.open_existing(run.store, run=run.name, registry=registry) as store:
             report = store.verify(record.name)
         if not report.ok:
             problem = report.problems[0]

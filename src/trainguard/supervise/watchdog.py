@@ -1,5 +1,5 @@
 """``trainguard watchdog``: an independent sweep over the registry and ``/proc`` that does not depend on the
-training process's cooperation (design section 3.4).
+training process's cooperation (docs/design.md, "The watchdog").
 
 Each sweep, for every run held on this host: are the registered processes still the same processes (pid
 and start time), is the heartbeat fresh, are episodes advancing, is the budget respected? Then orphans
@@ -13,26 +13,43 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from trainguard._monitor import tree_bytes, tree_rss
-from trainguard.identity import ProcessIdentity
-from trainguard.registry import LeaseInfo, Registry, RunRecord
+from trainguard._os.identity import ProcessIdentity
+from trainguard._os.resources import tree_bytes, tree_rss
+from trainguard.budget import Budget, EffectiveLimits, heartbeat_interval, overruns
+from trainguard.registry import EventKind, LeaseInfo, LeaseState, ProcessRole, Registry, RunRecord
+from trainguard.supervise._linux import require_linux
+from trainguard.supervise._snapshot import Snapshot
 from trainguard.supervise.ladder import LadderResult, Target, run_ladder
 from trainguard.supervise.scan import StoreFindings, scan_run
-from trainguard.supervise.snapshot import Snapshot
 
 log = logging.getLogger("trainguard")
 
 DEFAULT_GRACE = 30.0
-DEFAULT_HEARTBEAT = 5.0
+DEFAULT_STALL_TIMEOUT = 600.0
+
+
+class Violation(StrEnum):
+    """Why the watchdog acts on a run (the ``reason`` of its events)."""
+
+    RUNTIME = Budget.RUNTIME.value
+    EPISODES = Budget.EPISODES.value
+    MEMORY = Budget.MEMORY.value
+    DISK = Budget.DISK.value
+    HEARTBEAT = "heartbeat"  # no heartbeat for longer than max(3 heartbeats, the lease ttl)
+    STALLED = "stalled"  # heartbeats, but no progress for longer than stall_timeout
+    HOLDER_GONE = "holder_gone"  # no registered process of the lease is alive
+    ORPHAN = "orphan"  # carries a run's marker, and the run has no live owner for its token
+    ROGUE = "rogue"  # writes under a store without the run's live lease
 
 
 @dataclass
 class Finding:
     run: str
-    reason: str  # runtime | episodes | memory | disk | heartbeat | stalled | holder_gone | orphan | rogue
+    reason: Violation
     detail: str
     targets: list[Target]
     evidence: dict[str, Any] = field(default_factory=dict)
@@ -68,6 +85,7 @@ class Watchdog:
         self.dry_run = dry_run
         self.grace = grace
         self.scan_rogues = scan_rogues
+        require_linux("trainguard watchdog")  # /proc is what it judges by
         self.me = ProcessIdentity.current()
 
     # -- one sweep --------------------------------------------------------------------------------
@@ -109,22 +127,21 @@ class Watchdog:
 
     def check_run(self, snapshot: Snapshot, run: RunRecord) -> Finding | None:
         lease = snapshot.leases.get(run.name)
-        if lease is None or lease.state != "held" or lease.holder_host_key != self.me.host_key:
+        if lease is None or lease.state is not LeaseState.HELD or lease.holder_host_key != self.me.host_key:
             return None
         targets = self._local_targets(snapshot, lease)
         alive = [t for t in targets if snapshot.alive(t.pid, t.start_time)]
         if not alive:
             return Finding(
                 run.name,
-                "holder_gone",
+                Violation.HOLDER_GONE,
                 "no registered process of the lease is alive (pid and start time)",
                 [],
                 {"targets": [t.__dict__ for t in targets]},
             )
         beat = snapshot.heartbeats.get(run.name) or {}
         now = snapshot.at
-        heartbeat = _setting(run, "heartbeat_interval", DEFAULT_HEARTBEAT)
-        stale_after = max(3 * heartbeat, lease.ttl)
+        stale_after = max(3 * heartbeat_interval(run.limits), lease.ttl)
         beat_at = beat.get("at") if beat.get("token") == lease.token else None
         age = now - (beat_at or lease.acquired_at)
         evidence: dict[str, Any] = {
@@ -139,61 +156,55 @@ class Watchdog:
         if age > stale_after:
             return Finding(
                 run.name,
-                "heartbeat",
+                Violation.HEARTBEAT,
                 f"no heartbeat for {age:.1f}s (limit {stale_after:g}s)",
                 alive,
                 evidence,
             )
         progress = beat.get("last_progress_age")
         if isinstance(progress, int | float) and beat_at is not None:
-            stall = _setting(run, "stall_timeout", 600.0) * (2 if beat.get("saving") else 1)
+            stall = _setting(run, "stall_timeout", DEFAULT_STALL_TIMEOUT) * (2 if beat.get("saving") else 1)
             progress_age = progress + (now - beat_at)
             evidence["progress_age"] = round(progress_age, 3)
             if progress_age > stall:
                 return Finding(
                     run.name,
-                    "stalled",
+                    Violation.STALLED,
                     f"no progress for {progress_age:.1f}s (limit {stall:g}s"
                     f"{', doubled during a save' if beat.get('saving') else ''})",
                     alive,
                     evidence,
                 )
-        return self._budget_finding(run, heartbeat, alive, evidence)
+        return self._budget_finding(run, alive, evidence)
 
     def _budget_finding(
-        self, run: RunRecord, heartbeat: float, alive: list[Target], evidence: dict[str, Any]
+        self, run: RunRecord, alive: list[Target], evidence: dict[str, Any]
     ) -> Finding | None:
-        limits = run.limits
-        runtime = limits.get("max_runtime")
-        # Runtime is charged up to two heartbeats ahead: only past that is the budget certainly overrun.
-        if runtime is not None and run.runtime_spent > runtime + 2 * heartbeat:
-            return Finding(
-                run.name,
-                "runtime",
-                f"runtime {run.runtime_spent:.1f}s is past the budget of {runtime:g}s",
-                alive,
-                evidence,
-            )
-        episodes = limits.get("max_episodes")
-        if episodes is not None and run.episodes_spent > episodes:
-            return Finding(
-                run.name, "episodes", f"{run.episodes_spent} episodes spent of {episodes}", alive, evidence
-            )
-        memory = limits.get("max_memory")
-        if memory is not None:
-            rss = tree_rss(*(t.pid for t in alive if t.role != "launcher"))
+        # The cumulative budgets by the shared rule (runtime only beyond what is charged ahead).
+        if found := overruns(run):
+            return Finding(run.name, Violation(found[0].budget.value), str(found[0]), alive, evidence)
+        limits = EffectiveLimits.from_mapping(run.limits)
+        if limits.memory is not None:
+            rss = tree_rss(*(t.pid for t in alive if t.role != ProcessRole.LAUNCHER))
             evidence["rss"] = rss
-            if rss > memory:
+            if rss > limits.memory:
                 return Finding(
-                    run.name, "memory", f"process tree RSS {rss} bytes is over {memory}", alive, evidence
+                    run.name,
+                    Violation.MEMORY,
+                    f"process tree RSS {rss} bytes is over {limits.memory}",
+                    alive,
+                    evidence,
                 )
-        disk = limits.get("max_disk")
-        if disk is not None and run.store:
+        if limits.disk is not None and run.store:
             used = tree_bytes(Path(run.store))
             evidence["disk"] = used
-            if used > disk:
+            if used > limits.disk:
                 return Finding(
-                    run.name, "disk", f"{used} bytes under the store is over {disk}", alive, evidence
+                    run.name,
+                    Violation.DISK,
+                    f"{used} bytes under the store is over {limits.disk}",
+                    alive,
+                    evidence,
                 )
         return None
 
@@ -211,9 +222,10 @@ class Watchdog:
                 continue
             lease = snapshot.leases.get(run)
             owned = False
-            if lease is not None and lease.state == "held" and lease.live and lease.token == token:
+            if lease is not None and lease.held and lease.token == token:
                 owned = any(
-                    p.role in ("launcher", "guard") and snapshot.alive(p.pid, p.start_time)
+                    p.role in (ProcessRole.LAUNCHER, ProcessRole.GUARD)
+                    and snapshot.alive(p.pid, p.start_time)
                     for p in snapshot.processes_of(run, token)
                     if p.host_key == snapshot.local_key
                 )
@@ -223,7 +235,7 @@ class Watchdog:
             findings.append(
                 Finding(
                     run,
-                    "orphan",
+                    Violation.ORPHAN,
                     f"{len(members)} process(es) carry the marker of run {run!r} "
                     f"(token {token}), which has no live launcher or guard for that token",
                     targets,
@@ -238,7 +250,7 @@ class Watchdog:
         return [
             Finding(
                 run.name,
-                "rogue",
+                Violation.ROGUE,
                 suspect.why,
                 [Target(suspect.evidence.pid, suspect.evidence.start_time, "rogue")],
                 {"process": suspect.evidence.as_dict()},
@@ -259,13 +271,16 @@ class Watchdog:
         }
         if not finding.act:
             self.registry.add_event(
-                finding.run, "watchdog_report", reason=f"{finding.reason}: {finding.detail}", detail=detail
+                finding.run,
+                EventKind.WATCHDOG_REPORT,
+                reason=f"{finding.reason}: {finding.detail}",
+                detail=detail,
             )
             return None
         if self.dry_run:
             self.registry.add_event(
                 finding.run,
-                "watchdog_would_stop",
+                EventKind.WATCHDOG_WOULD_STOP,
                 reason=f"{finding.reason}: {finding.detail}",
                 detail={
                     **detail,
@@ -280,7 +295,7 @@ class Watchdog:
         signals = sorted({name for _, name in ladder.signals}) if ladder else []
         self.registry.add_event(
             finding.run,
-            "watchdog_stopped",
+            EventKind.WATCHDOG_STOPPED,
             reason=f"{finding.reason}: {finding.detail}",
             detail={**detail, "signals": signals, "ladder": ladder.as_dict() if ladder else None},
         )
@@ -294,4 +309,4 @@ class Watchdog:
         return ladder
 
 
-__all__ = ["Finding", "SweepReport", "Watchdog"]
+__all__ = ["Finding", "SweepReport", "Violation", "Watchdog"]

@@ -1,0 +1,55 @@
+"""Resource readings the budgets are judged by: resident memory of a process tree, bytes under a directory.
+
+Read by the Guard's monitor thread, the launcher and the watchdog alike, so a memory or disk limit means
+the same number wherever it is enforced.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psutil
+
+
+def tree_rss(*pids: int | None) -> int:
+    """Resident memory of the processes (default: this one) and all their descendants, each counted once."""
+    processes: dict[int, psutil.Process] = {}
+    for pid in pids or (None,):
+        try:
+            root = psutil.Process(pid)
+            for process in (root, *root.children(recursive=True)):
+                processes.setdefault(process.pid, process)
+        except psutil.Error:
+            continue
+    total = 0
+    for process in processes.values():
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            continue  # exited between listing and reading
+    return total
+
+
+def tree_bytes(root: Path) -> int:
+    """Bytes of every file under ``root`` (the store, quarantine and registry included); symlinks are not
+    followed, so a link cannot make another directory count against the store."""
+    total = 0
+    stack = [str(root)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        elif entry.is_file(follow_symlinks=False):
+                            total += entry.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        continue  # removed while walking (eviction, trash)
+        except OSError:
+            continue
+    return total
+
+
+__all__ = ["tree_bytes", "tree_rss"]

@@ -1,0 +1,56 @@
+"""Budgets: which there are, how a restart may change a run's limits, how spend is charged ahead and judged
+(see docs/design.md, "Budgets"). The rules live here once; the Guard, the launcher, the watchdog, the
+incident scan, the CLI and the metrics all use them, and the registry applies them in its transactions."""
+
+from __future__ import annotations
+
+from trainguard.budget._counters import BudgetWarnings, ReservedCounter, Runtime, warn_log
+from trainguard.budget._limits import (
+    EXTENDABLE,
+    EXTENSIONS,
+    LIMIT_KEYS,
+    Budget,
+    EffectiveLimits,
+    Remaining,
+    extend_limits,
+    merge_limits,
+)
+from trainguard.budget._rules import (
+    DEFAULT_HEARTBEAT,
+    PREPAY_HEARTBEATS,
+    BudgetLine,
+    Overrun,
+    Spend,
+    budget_lines,
+    heartbeat_interval,
+    overruns,
+    prepay,
+    remaining,
+    spent,
+)
+
+__all__ = [
+    "DEFAULT_HEARTBEAT",
+    "EXTENDABLE",
+    "EXTENSIONS",
+    "LIMIT_KEYS",
+    "PREPAY_HEARTBEATS",
+    "Budget",
+    "BudgetLine",
+    "BudgetWarnings",
+    "EffectiveLimits",
+    "Overrun",
+    "Remaining",
+    "ReservedCounter",
+    "Runtime",
+    "Spend",
+    "budget_lines",
+    "extend_limits",
+    "heartbeat_interval",
+    "merge_limits",
+    "overruns",
+    "prepay",
+    "remaining",
+    "spent",
+    "warn_log",
+]

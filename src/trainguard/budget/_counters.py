@@ -1,0 +1,145 @@
+"""Cumulative budgets that a restart cannot reset: the counters a process keeps against the registry.
+
+Spend lives in the registry, and it is charged *ahead*: before the loop may run episode ``n`` the registry
+already counts it (episodes and steps are reserved in blocks that grow while the loop is fast, runtime is
+prepaid by ``PREPAY_HEARTBEATS`` heartbeats). A clean exit refunds what was reserved but not used; a crash
+keeps it charged. So a killed process can only ever cost budget, never hand budget back - the failure this
+project exists for. Between reservations the hot path only compares integers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from trainguard.budget._rules import prepay, remaining
+
+log = logging.getLogger("trainguard")
+
+
+@dataclass
+class ReservedCounter:
+    """One cumulative counter (episodes or steps) with its registry reservation.
+
+    The reservation block adapts so the registry is charged about once per ``target_interval``: a fast
+    loop would otherwise write to the registry thousands of times a second and starve the heartbeat's
+    lease renewal of the database lock (seen: a lease expiring under a tight episode loop), while a slow
+    loop keeps small blocks, so a crash forfeits at most about one interval's worth of budget.
+    """
+
+    name: str
+    limit: int | None
+    spent: int  # cumulative over every process of the run, this one included
+    reserve: Callable[[int], object]  # charges the registry; raises if it cannot
+    target_interval: float = 1.0
+    clock: Callable[[], float] = time.monotonic
+    reserved: int = field(init=False)
+    block: int = field(init=False, default=1)
+    _last: float | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.reserved = self.spent
+
+    @property
+    def remaining(self) -> int | None:
+        left = remaining(self.limit, self.spent)
+        return None if left is None else int(left)
+
+    def allows(self, amount: int = 1) -> bool:
+        return self.limit is None or self.spent + amount <= self.limit
+
+    def ensure_reserved(self, amount: int) -> int:
+        """Make sure the registry already counts ``amount`` more; returns the reserved ceiling."""
+        needed = self.spent + amount - self.reserved
+        if needed > 0:
+            grow = max(self.block, needed)
+            if self.limit is not None:
+                grow = min(grow, max(needed, self.limit - self.reserved))
+            self.reserve(grow)
+            self.reserved += grow
+            now = self.clock()
+            if self._last is not None and now - self._last < self.target_interval:
+                self.block *= 2
+            elif self._last is not None and now - self._last > 4 * self.target_interval:
+                self.block = max(1, self.block // 2)
+            self._last = now
+        return self.reserved
+
+    def unused(self) -> int:
+        return self.reserved - self.spent
+
+
+@dataclass
+class Runtime:
+    """Runtime spent by the run: the registry's total before this process plus a monotonic clock, and what
+    this process has charged the registry for it so far."""
+
+    limit: float | None
+    spent_before: float
+    clock: Callable[[], float] = time.monotonic
+    started: float = field(init=False)
+    started_wall: float = field(init=False)
+    charged: float = field(init=False, default=0.0)
+
+    def __post_init__(self) -> None:
+        self.started = self.clock()
+        self.started_wall = time.time()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    @property
+    def spent(self) -> float:
+        return self.spent_before + self.elapsed()
+
+    @property
+    def exhausted(self) -> bool:
+        return self.limit is not None and self.spent >= self.limit
+
+    def deadline(self) -> float | None:
+        """The monotonic time at which the limit is reached, or None without a limit."""
+        if self.limit is None:
+            return None
+        return self.started + (self.limit - self.spent_before)
+
+    def charge_ahead(self, beat: float) -> float:
+        """What to charge the registry now so it stays ``prepay(beat)`` ahead of the time actually spent
+        (never beyond the limit before the limit is reached); counted as charged."""
+        target = self.elapsed() + prepay(beat)
+        if self.limit is not None:
+            target = min(target, max(self.limit - self.spent_before, self.elapsed()))
+        due = target - self.charged
+        self.charged += due
+        return due
+
+    def settle(self, until_wall: float | None = None) -> float:
+        """The correction that makes the registry count exactly the time spent (until ``until_wall``, a
+        wall-clock time, or now) - usually a refund of the prepay; counted as charged."""
+        spent = self.elapsed() if until_wall is None else max(0.0, until_wall - self.started_wall)
+        correction = spent - self.charged
+        self.charged = spent
+        return correction
+
+
+@dataclass
+class BudgetWarnings:
+    """Each budget warns once per process when its spend crosses ``warn_at`` of its limit."""
+
+    warn_at: float
+    emit: Callable[[str, float, float], None]
+    warned: set[str] = field(default_factory=set)
+
+    def check(self, name: str, spent: float, limit: float | None) -> None:
+        if limit is None or name in self.warned or spent < self.warn_at * limit:
+            return
+        self.warned.add(name)
+        self.emit(name, spent, limit)
+
+
+def warn_log(name: str, spent: float, limit: float) -> None:
+    log.warning("trainguard: %s budget at %.0f%% (%g of %g)", name, 100 * spent / limit, spent, limit)
+
+
+__all__ = ["BudgetWarnings", "ReservedCounter", "Runtime", "warn_log"]

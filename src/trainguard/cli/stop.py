@@ -1,0 +1,72 @@
+"""``trainguard stop RUN --reason TEXT``: revoke the run's lease, then stop the processes the registry records
+for it - each verified by pid and start time, nothing else."""
+
+from __future__ import annotations
+
+import argparse
+
+from trainguard._os.identity import host_key
+from trainguard.cli._common import (
+    ArgumentParser,
+    add_location_args,
+    duration_arg,
+    out,
+    reason_arg,
+    registry_url,
+)
+from trainguard.errors import ExitCode
+from trainguard.names import validate_name
+from trainguard.registry import EventKind, Registry
+from trainguard.supervise import Target, run_ladder
+
+
+def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
+    stop = commands.add_parser("stop", help="revoke a run's lease, then stop its registered processes")
+    add_location_args(stop)
+    stop.add_argument("--grace", default="30s", metavar="DURATION")
+    reason_arg(stop, required=True)
+    stop.set_defaults(handler=cmd_stop)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    run = validate_name(args.run, "run")
+    grace = duration_arg("--grace", args.grace)
+    with Registry.open(registry_url(args)) as registry:
+        registry.run(run)  # an unknown run is an error, not "nothing to stop"
+        lease = registry.lease_info(run)
+        # Revoke first: from this moment nothing the run writes can be committed, whatever the signals do.
+        revoked = registry.revoke(run, f"trainguard stop: {args.reason}")
+        token = lease.token if lease is not None else None
+        # Only processes the registry records for this run's lease, verified by pid *and* start time.
+        targets = (
+            [
+                Target(p.pid, p.start_time, p.role)
+                for p in registry.processes(run, token=token)
+                if p.host_key == host_key()
+            ]
+            if token is not None
+            else []
+        )
+        result = run_ladder(targets, grace=grace) if targets else None
+        registry.add_event(
+            run,
+            EventKind.STOPPED_BY_OPERATOR,
+            token=token,
+            reason=args.reason,
+            detail={"ladder": result.as_dict() if result else None, "revoked": revoked is not None},
+        )
+    console = out()
+    console.print(f"run {run}: lease {'revoked (token ' + str(token) + ')' if revoked else 'was not held'}")
+    if result is None:
+        console.print("  no registered process of the run is alive on this host")
+    else:
+        console.print(
+            f"  signals: {', '.join(f'{pid} {sig}' for pid, sig in result.signals) or '-'}; "
+            f"survivors: {result.survivors or 'none'}"
+        )
+        for pid, why in result.skipped:
+            console.print(f"  not signalled: pid {pid}: {why}")
+    return ExitCode.PROBLEM if result is not None and result.survivors else ExitCode.OK
+
+
+__all__ = ["register"]

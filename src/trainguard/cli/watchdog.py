@@ -1,0 +1,89 @@
+"""``trainguard watchdog``: sweep the registry and /proc on an interval (or ``--once``); stop what breaks its
+budget, kill orphans, report (or stop) rogue writers; optionally serve Prometheus metrics."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+
+from trainguard.cli._common import ArgumentParser, add_registry_args, duration_arg, err, out, registry_url
+from trainguard.registry import Registry
+
+SYSTEMD_UNIT = """\
+[Unit]
+Description=trainguard watchdog ({url})
+After=network-online.target postgresql.service
+
+[Service]
+ExecStart={python} -m trainguard watchdog --registry {url} --interval {interval}s{metrics}
+Restart=always
+RestartSec=2
+# The watchdog must outlive what it watches: never let the OOM killer pick it first.
+OOMScoreAdjust=-900
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
+    watchdog = commands.add_parser(
+        "watchdog", help="sweep the registry and /proc; stop what breaks its budget"
+    )
+    add_registry_args(watchdog)
+    watchdog.add_argument("--once", action="store_true", help="one sweep, then exit")
+    watchdog.add_argument("--interval", default="5s", metavar="DURATION")
+    watchdog.add_argument("--grace", metavar="DURATION", help="SIGTERM -> SIGKILL (default: each run's own)")
+    watchdog.add_argument("--dry-run", action="store_true", help="record what it would do; touch nothing")
+    watchdog.add_argument("--metrics-port", type=int, metavar="N", help="Prometheus metrics on 127.0.0.1:N")
+    watchdog.add_argument("--print-systemd-unit", action="store_true", help="print a unit file and exit")
+    watchdog.set_defaults(handler=cmd_watchdog)
+
+
+def cmd_watchdog(args: argparse.Namespace) -> int:
+    from trainguard.supervise import Watchdog, WatchdogMetrics
+
+    interval = duration_arg("--interval", args.interval)
+    url = registry_url(args)
+    if args.print_systemd_unit:
+        flag = f" --metrics-port {args.metrics_port}" if args.metrics_port else ""
+        out().print(
+            SYSTEMD_UNIT.format(url=url, python=sys.executable, interval=f"{interval:g}", metrics=flag),
+            markup=False,
+            end="",
+        )
+        return 0
+    grace = duration_arg("--grace", args.grace) if args.grace else None
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    with Registry.open(url) as registry:
+        watchdog = Watchdog(registry, interval=interval, dry_run=args.dry_run, grace=grace)
+        metrics = WatchdogMetrics() if args.metrics_port else None
+        if metrics is not None:
+            metrics.serve(args.metrics_port)
+        err().print(
+            f"trainguard watchdog: watching {registry.url} every {interval:g}s"
+            f"{' (dry run)' if args.dry_run else ''}",
+            markup=False,
+        )
+        while True:
+            started = time.monotonic()
+            report = watchdog.sweep()
+            if metrics is not None:
+                metrics.update(registry, report, time.monotonic() - started)
+            for finding, _ in report.ladders:
+                err().print(f"  {finding.run}: {finding.reason}: {finding.detail}", markup=False)
+            if args.once or stop.wait(max(0.0, interval - (time.monotonic() - started))):
+                return 0
+
+
+__all__ = ["register"]

@@ -1,0 +1,204 @@
+"""The typed configuration: one pydantic model per section of the native YAML (see docs/design.md,
+"Configuration")."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from trainguard.config._thresholds import parse_threshold
+from trainguard.config.units import parse_duration, parse_size
+from trainguard.errors import MISSING, ConfigError, InvalidName
+from trainguard.names import validate_name
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+Fraction = Annotated[float, Field(gt=0, le=1)]
+
+
+class _Section(BaseModel):
+    # Extras are allowed so they can be *reported* (warning, or error in strict mode) with their full path
+    # instead of pydantic's generic message - never silently dropped.
+    model_config = ConfigDict(extra="allow", populate_by_name=True, validate_default=True)
+
+
+class Limits(_Section):
+    max_episodes: Annotated[int, Field(ge=1)] | None = None
+    max_steps: Annotated[int, Field(ge=1)] | None = None
+    max_runtime: Duration | None = None
+    max_memory: Size | None = None
+    max_disk: Size | None = None
+    warn_at: Fraction = 0.9
+
+    @field_validator("max_runtime", "max_memory", "max_disk")
+    @classmethod
+    def _positive(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be greater than 0 (leave the key out for no limit)")
+        return value
+
+
+class BestMetric(_Section):
+    name: str
+    mode: Literal["min", "max"] = "max"
+
+
+class Checkpoints(_Section):
+    every_episodes: Annotated[int, Field(ge=1)] | None = 25
+    format: Literal["safetensors", "torch"] = "safetensors"
+    async_: bool = Field(False, alias="async")
+    keep_last: Annotated[int, Field(ge=1)] | None = 10
+    keep_best: Annotated[int, Field(ge=0)] = 1
+    best_metric: BestMetric | None = None
+    keep_every: Annotated[int, Field(ge=1)] | None = None
+
+
+class Monitoring(_Section):
+    heartbeat_interval: Duration = 5.0
+    # 0 (the default) derives max(30s, 3 heartbeats), so a config that only sets a slow heartbeat (the
+    # incident report's 60 s) still gets a lease that survives one late beat.
+    lease_ttl: Duration = 0.0
+    stall_timeout: Duration = 600.0
+    resource_check_interval: Duration = 30.0
+    checkpoint_validation: bool = True
+    external_monitoring: bool = True
+
+    @model_validator(mode="after")
+    def _heartbeat_fits_ttl(self) -> Monitoring:
+        if self.heartbeat_interval <= 0:
+            raise ValueError("heartbeat_interval must be greater than 0")
+        if self.lease_ttl == 0:
+            self.lease_ttl = max(30.0, 3 * self.heartbeat_interval)
+        if self.heartbeat_interval * 2 > self.lease_ttl:
+            raise ValueError(
+                f"heartbeat_interval ({self.heartbeat_interval:g}s) must be at most half of lease_ttl "
+                f"({self.lease_ttl:g}s), or one late heartbeat loses the lease"
+            )
+        return self
+
+
+class Watchdog(_Section):
+    interval: Duration = 5.0
+    grace: Duration = 30.0
+    rogue_action: Literal["report", "kill"] = "report"
+
+
+class Gates(_Section):
+    max_action_share: Fraction = 0.95
+    min_action_entropy: Annotated[float, Field(ge=0)] | None = None
+    min_decisions: Annotated[int, Field(ge=0)] = 100
+    metrics: dict[str, str] = Field(default_factory=dict)
+    no_worse_than_live: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    evaluator: str | None = None
+    auto_promote: bool = False  # the Guard promotes each checkpoint that passes every gate
+
+    @field_validator("metrics")
+    @classmethod
+    def _thresholds(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, rule in value.items():
+            try:
+                parse_threshold(rule)
+            except ValueError as error:
+                raise ValueError(f"metric {name!r}: {error}") from None
+        return value
+
+    @field_validator("evaluator")
+    @classmethod
+    def _module_function(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[\w.]+:[\w.]+", value):
+            raise ValueError("must be 'module:function', e.g. 'examples.swt.evaluate:evaluate'")
+        return value
+
+
+_CANNOT_DISABLE = (
+    "cannot be disabled (the incident report marks it 'Cannot be disabled'); remove the key or set true"
+)
+
+
+class Failsafes(_Section):
+    enable_episode_limit: bool = True
+    enable_runtime_limit: bool = True
+    enable_external_monitor: bool = True
+
+    @field_validator("enable_episode_limit", "enable_runtime_limit", "enable_external_monitor")
+    @classmethod
+    def _always_on(cls, value: bool) -> bool:
+        if value is not True:
+            raise ValueError(_CANNOT_DISABLE)
+        return value
+
+
+class TrainguardConfig(_Section):
+    run: str | None = None
+    store: Path | None = None
+    registry: str | None = None
+    features: list[str | dict[str, Any]] = Field(default_factory=list)
+    limits: Limits = Field(default_factory=Limits)
+    checkpoints: Checkpoints = Field(default_factory=Checkpoints)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
+    watchdog: Watchdog = Field(default_factory=Watchdog)
+    gates: Gates = Field(default_factory=Gates)
+    failsafes: Failsafes = Field(default_factory=Failsafes)
+    # Not from the file: where it came from, for resolving relative paths and for messages.
+    source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("run")
+    @classmethod
+    def _run_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                validate_name(value, "run")
+            except InvalidName as error:
+                raise ValueError(error.rule) from error
+        return value
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _feature_list(cls, value: object) -> object:
+        return [value] if isinstance(value, str | dict) else value
+
+    def require_run(self) -> str:
+        if self.run is None:
+            raise ConfigError(
+                "run",
+                MISSING,
+                "required: set 'run:' in the config or give run=NAME",
+                source=str(self.source) if self.source else None,
+            )
+        return self.run
+
+    def store_path(self) -> Path:
+        """The store directory: as configured (relative to the config file) or ./checkpoints/<run>."""
+        if self.store is not None:
+            return self.store
+        base = self.source.parent if self.source else Path.cwd()
+        return (base / "checkpoints" / self.require_run()).resolve()
+
+    def effective_limits(self) -> dict[str, Any]:
+        """The limits (and the timings judged against them) recorded with the run, so the store, the
+        watchdog and ``status`` judge by the numbers this run was given."""
+        limits = self.limits.model_dump(exclude_none=True)
+        monitoring, watchdog = self.monitoring, self.watchdog
+        limits.update(
+            heartbeat_interval=monitoring.heartbeat_interval,
+            lease_ttl=monitoring.lease_ttl,
+            stall_timeout=monitoring.stall_timeout,
+            grace=watchdog.grace,
+            rogue_action=watchdog.rogue_action,
+        )
+        return limits
+
+
+__all__ = [
+    "BestMetric",
+    "Checkpoints",
+    "Failsafes",
+    "Gates",
+    "Limits",
+    "Monitoring",
+    "TrainguardConfig",
+    "Watchdog",
+]

@@ -1,0 +1,29 @@
+"""Metric thresholds as configs write them (``">= 0"``, ``"<= 50"``): one syntax, parsed in one place for
+the config's validation and for the metrics gate that applies them."""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable
+
+COMPARISONS: dict[str, Callable[[float, float], bool]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    ">": operator.gt,
+    "<": operator.lt,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+_THRESHOLD = re.compile(r"^\s*(>=|<=|>|<|==|!=)\s*(-?\d+(?:\.\d+)?(?:e-?\d+)?)\s*$")
+
+
+def parse_threshold(rule: str) -> tuple[str, float]:
+    """``">= 0"`` -> ``(">=", 0.0)``; ValueError (with the rule) for anything else."""
+    match = _THRESHOLD.match(rule) if isinstance(rule, str) else None
+    if not match:
+        raise ValueError(f"threshold {rule!r} must look like '>= 0' or '<= 50'")
+    return match[1], float(match[2])
+
+
+__all__ = ["COMPARISONS", "parse_threshold"]

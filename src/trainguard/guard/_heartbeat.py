@@ -1,0 +1,142 @@
+"""What the Guard's monitor thread does: every beat, keep the lease alive (or learn it is lost), charge the
+runtime ahead, tell the registry and the heartbeat file how the loop is doing; every sample, measure the
+process tree's memory and the store's bytes. What it finds reaches the loop as a stop request.
+
+Events that arise in signal handlers or on other threads are queued here and written by the monitor (or at
+exit): a signal handler must never touch the database, the main thread may be inside a transaction.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainguard._os.resources import tree_bytes, tree_rss
+from trainguard.budget import EffectiveLimits, warn_log
+from trainguard.guard._account import BudgetAccount
+from trainguard.guard._runfiles import RunFiles
+from trainguard.guard._stop import BUDGET_REASONS, Stop, StopReason
+from trainguard.registry import EventKind, Lease, Registry
+
+
+@dataclass(frozen=True)
+class LoopProgress:
+    """The training loop's state as the monitor thread reports it (read from the loop's attributes without
+    a lock: a heartbeat may be one tick behind, never torn)."""
+
+    episode: int | None
+    steps: int
+    stop: Stop | None
+    last_progress_age: float | None
+    saving: bool
+    fenced: bool
+
+
+class Heartbeat:
+    def __init__(
+        self,
+        registry: Registry,
+        lease: Lease,
+        account: BudgetAccount,
+        files: RunFiles,
+        store_root: Path,
+        *,
+        progress: Callable[[], LoopProgress],
+        request_stop: Callable[[Stop], None],
+        lease_lost: Callable[[str], None],
+    ) -> None:
+        self.registry = registry
+        self.run = account.run
+        self.lease = lease
+        self.account = account
+        self.files = files
+        self.store_root = store_root
+        self.progress = progress
+        self.request_stop = request_stop
+        self.lease_lost = lease_lost
+        self.rss = 0
+        self.disk = 0
+        self.pending_events: collections.deque[tuple[EventKind, dict[str, Any]]] = collections.deque()
+
+    # -- every beat -------------------------------------------------------------------------------
+
+    def beat(self) -> None:
+        progress = self.progress()
+        if not progress.fenced and (lost := self.lease.keep_alive()) is not None:
+            self.lease_lost(lost)
+        self.account.charge_runtime()
+        self.registry.record_heartbeat(self.run, self.lease.token, self.body(progress))
+        self.write_file(progress)
+        self.flush_events()
+
+    def body(self, progress: LoopProgress) -> dict[str, Any]:
+        """The heartbeat row's detail (what the watchdog judges staleness and stalls by)."""
+        return {
+            "pid": os.getpid(),
+            "episode": progress.episode,
+            "step": progress.steps,
+            "rss": self.rss,
+            "disk": self.disk,
+            "spent": self.account.spent(),
+            "stop": str(progress.stop) if progress.stop else None,
+            "last_progress_age": progress.last_progress_age,
+            "saving": progress.saving,
+        }
+
+    def write_file(self, progress: LoopProgress | None = None) -> None:
+        progress = progress or self.progress()
+        self.files.write_heartbeat(
+            {
+                "run": self.run,
+                "last_heartbeat": time.time(),
+                "runtime_hours": self.account.runtime.spent / 3600,
+                **self.body(progress),
+            }
+        )
+
+    # -- every sample -----------------------------------------------------------------------------
+
+    def sample(self) -> None:
+        limits = EffectiveLimits.from_mapping(self.account.limits)
+        self.rss = tree_rss()
+        if limits.memory and self.rss > limits.memory:
+            self.request_stop(
+                Stop(
+                    StopReason.MEMORY, f"process tree RSS {self.rss} bytes is over max_memory {limits.memory}"
+                )
+            )
+        if limits.disk:
+            self.disk = tree_bytes(self.store_root)
+            if self.disk > limits.disk:
+                self.request_stop(
+                    Stop(StopReason.DISK, f"{self.disk} bytes under the store is over max_disk {limits.disk}")
+                )
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def warn(self, name: str, spent: float, limit: float) -> None:
+        """A budget crossed ``warn_at``: a log line now, an event at the next beat."""
+        warn_log(name, spent, limit)
+        self.pending_events.append(
+            (EventKind.BUDGET_WARNING, {"budget": name, "spent": spent, "limit": limit})
+        )
+
+    def record_stop(self, stop: Stop) -> None:
+        # Called from signal handlers and other threads: queue only (see the module's docstring).
+        kind = EventKind.BUDGET_EXHAUSTED if stop.reason in BUDGET_REASONS else EventKind.GUARD_STOP_REQUESTED
+        self.pending_events.append((kind, {"reason": stop.reason.value, "detail": stop.detail}))
+
+    def flush_events(self) -> None:
+        while self.pending_events:
+            kind, detail = self.pending_events.popleft()
+            self.registry.add_event(
+                self.run, kind, token=self.lease.token, reason=detail.get("detail"), detail=detail
+            )
+
+
+__all__ = ["Heartbeat", "LoopProgress"]

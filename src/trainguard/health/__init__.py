@@ -1,1 +1,0 @@
-"""Promotion gates and the live pointer (design section 3.5)."""
