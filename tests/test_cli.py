@@ -129,9 +129,7 @@ def test_bad_run_names_on_the_command_line(tmp_path: Path, bad_name: str) -> Non
 def test_bad_checkpoint_name_and_unknown_run(populated: tuple[Path, str, list[str]]) -> None:
     root, run, _ = populated
     _one_line_error(run_cli("ckpt", "pin", run, "../../x", "--store", str(root)), "invalid checkpoint name")
-    _one_line_error(
-        run_cli("ckpt", "ls", "nope", "--store", str(root)), "run 'nope' is not in the registry"
-    )
+    _one_line_error(run_cli("ckpt", "ls", "nope", "--store", str(root)), "run 'nope' is not in the registry")
     _one_line_error(run_cli("ckpt", "pin", run, "ep999", "--store", str(root)), "no such checkpoint")
 
 

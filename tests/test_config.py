@@ -89,7 +89,7 @@ def test_overrides_win_over_the_file(tmp_path: Path) -> None:
             "run: x\nlimits: {max_episodes: -5}",
             "limits.max_episodes = -5: Input should be greater than or equal to 1",
         ),
-        ("run: x\nlimits: {max_runtime: -1h}", "limits.max_runtime = '-1h': a duration is"),
+        ("run: x\nlimits: {max_runtime: -1h}", "limits.max_runtime = '-1h': must be seconds or a string"),
         ("run: x\nlimits: {max_memory: 0}", "limits.max_memory = 0: must be greater than 0"),
         ("run: x\nlimits: {warn_at: 1.5}", "limits.warn_at = 1.5:"),
         ("training:\n  limits: {max_runtime_hours: -2}", "training.limits.max_runtime_hours = -7200.0: "),

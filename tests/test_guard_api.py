@@ -10,7 +10,7 @@ import pytest
 
 from guard_support import write_config
 from support import wait_until
-from trainguard import ConfigError, Guard, Registry, StateConflict
+from trainguard import ConfigError, Guard, InvalidArgument, Registry, StateConflict
 
 
 def _registry(store: Path) -> Registry:
@@ -68,7 +68,7 @@ def test_from_config_takes_the_launchers_config_from_the_environment(
     with Guard.from_config(max_episodes=1) as guard:  # overrides still win over the file
         assert list(guard.episodes()) == [1]
     monkeypatch.delenv("TRAINGUARD_CONFIG")
-    with pytest.raises(ConfigError, match="give a config path"):
+    with pytest.raises(InvalidArgument, match="give a config path"):
         Guard.from_config()
 
 
@@ -87,5 +87,5 @@ def test_loop_api_needs_the_context_manager(tmp_path: Path) -> None:
         next(guard.episodes())
     with pytest.raises(StateConflict, match="not entered"):
         _ = guard.registry
-    with pytest.raises(TypeError):
+    with pytest.raises(InvalidArgument, match="not both"):
         Guard(guard.config, max_episodes=3)

@@ -16,6 +16,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from trainguard.errors import InvalidArgument
+
 if TYPE_CHECKING:
     from trainguard.config import Checkpoints
 
@@ -59,7 +61,7 @@ class KeepLast(Policy):
 
     def __post_init__(self) -> None:
         if self.n < 0:
-            raise ValueError(f"keep_last = {self.n}: must be >= 0")
+            raise InvalidArgument("keep_last", self.n, "must be >= 0")
 
     def keep(self, candidates: Sequence[Candidate]) -> frozenset[str]:
         ordered = sorted(enumerate(candidates), key=lambda p: (p[1].episode, p[0]))
@@ -76,9 +78,9 @@ class KeepBest(Policy):
 
     def __post_init__(self) -> None:
         if self.k < 0:
-            raise ValueError(f"keep_best = {self.k}: must be >= 0")
+            raise InvalidArgument("keep_best", self.k, "must be >= 0")
         if self.mode not in ("min", "max"):
-            raise ValueError(f"best_metric.mode = {self.mode!r}: must be 'min' or 'max'")
+            raise InvalidArgument("mode", self.mode, "must be 'min' or 'max'")
 
     def keep(self, candidates: Sequence[Candidate]) -> frozenset[str]:
         scored = []
@@ -99,7 +101,7 @@ class KeepEvery(Policy):
 
     def __post_init__(self) -> None:
         if self.n <= 0:
-            raise ValueError(f"keep_every = {self.n}: must be >= 1")
+            raise InvalidArgument("keep_every", self.n, "must be >= 1")
 
     def keep(self, candidates: Sequence[Candidate]) -> frozenset[str]:
         return frozenset(c.name for c in candidates if c.episode % self.n == 0)

@@ -142,8 +142,8 @@ def duration_arg(flag: str, value: str) -> float:
     """A duration flag's value in seconds (``30s``, ``5m``); bad input is one line naming the flag."""
     try:
         return parse_duration(value)
-    except ValueError as error:
-        raise InvalidArgument(flag, value, str(error)) from None
+    except InvalidArgument as error:
+        raise InvalidArgument(flag, value, error.rule) from None
 
 
 def reason_arg(parser: argparse.ArgumentParser, *, required: bool) -> None:

@@ -72,8 +72,8 @@ def _options(args: argparse.Namespace, config: TrainguardConfig) -> LaunchOption
     if args.rlimit_as:
         try:
             rlimits[resource.RLIMIT_AS] = parse_size(args.rlimit_as)
-        except ValueError as error:
-            raise InvalidArgument("--rlimit-as", args.rlimit_as, str(error)) from None
+        except InvalidArgument as error:
+            raise InvalidArgument("--rlimit-as", args.rlimit_as, error.rule) from None
     if args.rlimit_nofile:
         rlimits[resource.RLIMIT_NOFILE] = args.rlimit_nofile
     return LaunchOptions(

@@ -4,18 +4,34 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from trainguard.config._thresholds import parse_threshold
 from trainguard.config.units import parse_duration, parse_size
-from trainguard.errors import MISSING, ConfigError, InvalidName
+from trainguard.errors import MISSING, ConfigError, InvalidArgument, InvalidName
 from trainguard.names import validate_name
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
+T = TypeVar("T")
+
+
+def _rule_only(parse: Callable[[object], T]) -> Callable[[object], T]:
+    """pydantic keys the message with the config path itself: pass it only the rule that was broken."""
+
+    def validate(value: object) -> T:
+        try:
+            return parse(value)
+        except InvalidArgument as error:
+            raise ValueError(error.rule) from None
+
+    return validate
+
+
+Duration = Annotated[float, BeforeValidator(_rule_only(parse_duration))]
+Size = Annotated[int, BeforeValidator(_rule_only(parse_size))]
 Fraction = Annotated[float, Field(gt=0, le=1)]
 
 
@@ -101,8 +117,8 @@ class Gates(_Section):
         for name, rule in value.items():
             try:
                 parse_threshold(rule)
-            except ValueError as error:
-                raise ValueError(f"metric {name!r}: {error}") from None
+            except InvalidArgument as error:
+                raise ValueError(f"metric {name!r}: threshold {rule!r} {error.rule}") from None
         return value
 
     @field_validator("evaluator")

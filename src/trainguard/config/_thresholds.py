@@ -7,6 +7,8 @@ import operator
 import re
 from collections.abc import Callable
 
+from trainguard.errors import InvalidArgument
+
 COMPARISONS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
     "<=": operator.le,
@@ -19,10 +21,10 @@ _THRESHOLD = re.compile(r"^\s*(>=|<=|>|<|==|!=)\s*(-?\d+(?:\.\d+)?(?:e-?\d+)?)\s
 
 
 def parse_threshold(rule: str) -> tuple[str, float]:
-    """``">= 0"`` -> ``(">=", 0.0)``; ValueError (with the rule) for anything else."""
+    """``">= 0"`` -> ``(">=", 0.0)``; InvalidArgument for anything else."""
     match = _THRESHOLD.match(rule) if isinstance(rule, str) else None
     if not match:
-        raise ValueError(f"threshold {rule!r} must look like '>= 0' or '<= 50'")
+        raise InvalidArgument("threshold", rule, "must look like '>= 0' or '<= 50'")
     return match[1], float(match[2])
 
 

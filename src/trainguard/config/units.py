@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import re
 
+from trainguard.errors import InvalidArgument
+
 _DURATION = re.compile(
     r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|secs|seconds?|m|min|mins|minutes?|h|hr|hrs|hours?|d|days?)?\s*$"
 )
@@ -22,21 +24,20 @@ _SIZE_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from ``90``, ``90.5``, ``"90s"``, ``"10m"``, ``"24h"``, ``"2d"``; ValueError otherwise."""
+    """Seconds from ``90``, ``90.5``, ``"90s"``, ``"10m"``, ``"24h"``, ``"2d"``; else InvalidArgument."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     elif isinstance(value, str) and (match := _DURATION.match(value.lower())):
         seconds = float(match[1]) * _DURATION_UNITS[match[2] or "s"]
     else:
-        # ValueError, not TypeError: pydantic turns only ValueError into a keyed validation message.
-        raise ValueError("a duration is a number of seconds or a string like '90s', '10m', '24h'")
+        raise InvalidArgument("duration", value, "must be seconds or a string like '90s', '10m', '24h'")
     if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError("a duration must be a finite number >= 0")
+        raise InvalidArgument("duration", value, "must be a finite number >= 0")
     return seconds
 
 
 def parse_size(value: object) -> int:
-    """Bytes from ``1024``, ``"4GB"`` (4*10^9), ``"4GiB"`` (4*2^30), ``"512MiB"``; ValueError otherwise."""
+    """Bytes from ``1024``, ``"4GB"`` (4*10^9), ``"4GiB"`` (4*2^30), ``"512MiB"``; else InvalidArgument."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         size = float(value)
     elif isinstance(value, str) and (match := _SIZE.match(value)):
@@ -44,10 +45,9 @@ def parse_size(value: object) -> int:
         base, power = (1024 if "i" in unit else 1000), _SIZE_POWERS.get(unit[0], 0)
         size = float(match[1]) * base**power
     else:
-        # ValueError, not TypeError: pydantic turns only ValueError into a keyed validation message.
-        raise ValueError("a size is a number of bytes or a string like '4GB', '512MiB'")
+        raise InvalidArgument("size", value, "must be a number of bytes or a string like '4GB', '512MiB'")
     if not math.isfinite(size) or size < 0:
-        raise ValueError("a size must be a finite number >= 0")
+        raise InvalidArgument("size", value, "must be a finite number >= 0")
     return int(size)
 
 

@@ -25,7 +25,6 @@ from trainguard._os import environment
 from trainguard.checkpoints import LoadedCheckpoint
 from trainguard.config import TrainguardConfig, load_config, parse_config, settings_to_overrides
 from trainguard.errors import (
-    ConfigError,
     CorruptCheckpoint,
     ExitCode,
     FingerprintMismatch,
@@ -64,8 +63,10 @@ class Guard(GuardState):
         if config is None:
             config, _ = parse_config({}, overrides=settings_to_overrides(settings), strict=True)
         elif settings:
-            raise TypeError(
-                "give either a config or keyword settings, not both (use from_config(path, **overrides))"
+            raise InvalidArgument(
+                "settings",
+                sorted(settings),
+                "give either a config or keyword settings, not both (use from_config(path, **overrides))",
             )
         super().__init__(config, clock)
         self._install_signal_handlers = install_signal_handlers
@@ -85,8 +86,8 @@ class Guard(GuardState):
         overrides (``max_episodes=50``, ``run=...``) win over the file."""
         path = path or os.environ.get(environment.CONFIG)
         if not path:
-            raise ConfigError(
-                "config",
+            raise InvalidArgument(
+                "path",
                 None,
                 f"give a config path (or run under `trainguard run`, which sets {environment.CONFIG})",
             )
