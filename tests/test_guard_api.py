@@ -11,6 +11,7 @@ import pytest
 from guard_support import write_config
 from support import wait_until
 from trainguard import ConfigError, Guard, InvalidArgument, Registry, StateConflict
+from trainguard.budget import EffectiveLimits
 
 
 def _registry(store: Path) -> Registry:
@@ -89,3 +90,26 @@ def test_loop_api_needs_the_context_manager(tmp_path: Path) -> None:
         _ = guard.registry
     with pytest.raises(InvalidArgument, match="not both"):
         Guard(guard.config, max_episodes=3)
+
+
+def test_limits_and_remaining_are_typed_and_follow_the_loop(tmp_path: Path) -> None:
+    with Guard(
+        run="left",
+        store=str(tmp_path / "s"),
+        max_episodes=10,
+        max_steps=1000,
+        max_runtime="1h",
+        max_memory="100GB",
+        resource_check_interval=0.05,
+    ) as guard:
+        assert guard.limits == EffectiveLimits(episodes=10, steps=1000, runtime=3600.0, memory=10**11)
+        episodes = guard.episodes()
+        next(episodes)
+        guard.tick(100)
+        next(episodes)  # episode 1 is counted
+        wait_until(lambda: guard.remaining.memory != 10**11, what="the first memory sample")
+        left = guard.remaining
+        assert (left.episodes, left.steps, left.disk) == (9, 900, None)
+        assert left.runtime is not None and 3590 < left.runtime < 3600
+        assert left.memory is not None and 0 < left.memory < 10**11  # the sampled tree RSS is counted
+        episodes.close()

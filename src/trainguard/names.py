@@ -1,4 +1,5 @@
-"""Validation of run and checkpoint names, and of the file-name patterns legacy checkpoints are found by.
+"""Names: validation of run and checkpoint names, the file-name patterns legacy checkpoints are found by,
+and where trainguard keeps its own files inside a store.
 
 Names become directory names under the store and keys in the registry, so anything that could climb out of
 the store (``/``, ``..``), hide (a leading dot collides with ``.staging`` and ``.quarantine``), or be cut
@@ -8,8 +9,14 @@ short by C APIs (NUL) is refused before it reaches the filesystem.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from trainguard.errors import InvalidArgument, InvalidName
+
+# <store>/.trainguard/: trainguard's own files inside a store - the default registry, the run files, the
+# launcher's effective config. Never a checkpoint (a leading dot is refused in names).
+META_DIRECTORY = ".trainguard"
+DEFAULT_REGISTRY_FILE = "registry.db"
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 MAX_NAME_LENGTH = 128
@@ -36,6 +43,15 @@ def validate_name(value: object, what: str = "run") -> str:
     return value
 
 
+def meta_directory(store: str | Path) -> Path:
+    return Path(store) / META_DIRECTORY
+
+
+def default_registry_url(store: str | Path) -> str:
+    """The SQLite registry a store has when no other is configured: ``<store>/.trainguard/registry.db``."""
+    return f"sqlite:///{meta_directory(Path(store).resolve()) / DEFAULT_REGISTRY_FILE}"
+
+
 def episode_pattern(parameter: str, pattern: str) -> re.Pattern[str]:
     """A regular expression that finds legacy checkpoint files (``checkpoint_ep(?P<episode>\\d+)\\.pth``) and
     names their episode; :class:`InvalidArgument` naming ``parameter`` otherwise."""
@@ -48,4 +64,12 @@ def episode_pattern(parameter: str, pattern: str) -> re.Pattern[str]:
     return compiled
 
 
-__all__ = ["MAX_NAME_LENGTH", "episode_pattern", "validate_name"]
+__all__ = [
+    "DEFAULT_REGISTRY_FILE",
+    "MAX_NAME_LENGTH",
+    "META_DIRECTORY",
+    "default_registry_url",
+    "episode_pattern",
+    "meta_directory",
+    "validate_name",
+]

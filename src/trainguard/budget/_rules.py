@@ -96,7 +96,8 @@ def budget_lines(run: Spend) -> list[BudgetLine]:
 
 @dataclass(frozen=True)
 class Overrun:
-    """A cumulative budget that is certainly overrun: an expected outcome, so a value with a reason."""
+    """A budget that is certainly overrun - spent past its limit, or a level over its ceiling: an expected
+    outcome, so a value with a reason."""
 
     budget: Budget
     spent: float
@@ -105,7 +106,19 @@ class Overrun:
     def __str__(self) -> str:
         if self.budget is Budget.RUNTIME:
             return f"runtime {self.spent:.1f}s is past the budget of {self.limit:g}s"
+        if self.budget is Budget.MEMORY:
+            return f"process tree RSS {self.spent:.0f} bytes is over max_memory {self.limit:.0f}"
+        if self.budget is Budget.DISK:
+            return f"{self.spent:.0f} bytes under the store is over max_disk {self.limit:.0f}"
         return f"{self.spent:.0f} {self.budget.value} spent of {self.limit:.0f}"
+
+
+def over_ceiling(budget: Budget, level: float, limit: float | None) -> Overrun | None:
+    """Memory and disk are ceilings: over the limit is an overrun, wherever it was measured (in the Guard's
+    process, by the launcher for its child's tree, by the watchdog)."""
+    if limit is None or level <= limit:
+        return None
+    return Overrun(budget, level, limit)
 
 
 def overruns(run: Spend) -> list[Overrun]:
@@ -134,6 +147,7 @@ __all__ = [
     "Spend",
     "budget_lines",
     "heartbeat_interval",
+    "over_ceiling",
     "overruns",
     "prepay",
     "remaining",

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainguard._os.identity import ProcessIdentity, is_same_process_alive
+from trainguard.names import META_DIRECTORY
 
 STAGING = ".staging"
 QUARANTINE = ".quarantine"
 TRASH = ".trash"
-RESERVED = frozenset({STAGING, QUARANTINE, TRASH, ".trainguard"})
+RESERVED = frozenset({STAGING, QUARANTINE, TRASH, META_DIRECTORY})
 
 _TAG = re.compile(
     r"^(?P<name>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d+)-t(?P<token>\d+)-[0-9a-f]{6}$"

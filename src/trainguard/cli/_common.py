@@ -76,7 +76,7 @@ def _registry_url(args: argparse.Namespace, config: TrainguardConfig | None) -> 
         return config.registry
     if getattr(args, "store", None):
         return default_registry_url(Path(args.store))
-    return default_registry_url(config.store_path()) if config is not None else None
+    return config.registry_url() if config is not None else None
 
 
 def registry_url(args: argparse.Namespace) -> str:

@@ -11,7 +11,7 @@ from trainguard.cli._common import ArgumentParser, duration_arg, err
 from trainguard.config import TrainguardConfig, load_config, parse_config
 from trainguard.config.units import format_duration, parse_size
 from trainguard.errors import InvalidArgument
-from trainguard.registry import Registry, default_registry_url
+from trainguard.registry import Registry
 from trainguard.supervise import Launcher, LaunchOptions, LaunchResult
 
 
@@ -97,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _summary(config: TrainguardConfig, result: LaunchResult) -> None:
     run = config.require_run()
-    url = config.registry or default_registry_url(config.store_path())
+    url = config.registry_url()
     with Registry.open(url) as registry:
         info = registry.run_info(run)
         committed = registry.checkpoints(run)

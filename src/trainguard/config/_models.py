@@ -13,7 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from trainguard.config._thresholds import parse_threshold
 from trainguard.config.units import parse_duration, parse_size
 from trainguard.errors import MISSING, ConfigError, InvalidArgument, InvalidName
-from trainguard.names import validate_name
+from trainguard.names import default_registry_url, validate_name
 
 T = TypeVar("T")
 
@@ -192,6 +192,10 @@ class TrainguardConfig(_Section):
             return self.store
         base = self.source.parent if self.source else Path.cwd()
         return (base / "checkpoints" / self.require_run()).resolve()
+
+    def registry_url(self) -> str:
+        """The registry: as configured, or the default one inside the store."""
+        return self.registry or default_registry_url(self.store_path())
 
     def effective_limits(self) -> dict[str, Any]:
         """The limits (and the timings judged against them) recorded with the run, so the store, the

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from trainguard._os.resources import tree_bytes, tree_rss
-from trainguard.budget import EffectiveLimits, warn_log
+from trainguard.budget import Budget, EffectiveLimits, over_ceiling, warn_log
 from trainguard.guard._account import BudgetAccount
 from trainguard.guard._runfiles import RunFiles
 from trainguard.guard._stop import BUDGET_REASONS, Stop, StopReason
@@ -104,18 +104,12 @@ class Heartbeat:
     def sample(self) -> None:
         limits = EffectiveLimits.from_mapping(self.account.limits)
         self.rss = tree_rss()
-        if limits.memory and self.rss > limits.memory:
-            self.request_stop(
-                Stop(
-                    StopReason.MEMORY, f"process tree RSS {self.rss} bytes is over max_memory {limits.memory}"
-                )
-            )
+        if overrun := over_ceiling(Budget.MEMORY, self.rss, limits.memory):
+            self.request_stop(Stop(StopReason.MEMORY, str(overrun)))
         if limits.disk:
             self.disk = tree_bytes(self.store_root)
-            if self.disk > limits.disk:
-                self.request_stop(
-                    Stop(StopReason.DISK, f"{self.disk} bytes under the store is over max_disk {limits.disk}")
-                )
+            if overrun := over_ceiling(Budget.DISK, self.disk, limits.disk):
+                self.request_stop(Stop(StopReason.DISK, str(overrun)))
 
     # -- events -----------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ log = logging.getLogger("trainguard")
 
 @dataclass
 class Cadence:
-    beat: float  # heartbeat / renewal period: min(heartbeat_interval, lease_ttl / 3)
+    beat: float  # heartbeat / renewal period: Lease.renewal_interval
     resources: float  # memory and disk sampling
 
 

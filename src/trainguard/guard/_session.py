@@ -26,7 +26,8 @@ from trainguard.guard._runfiles import RunFiles
 from trainguard.guard._saver import Saver
 from trainguard.guard._signals import SignalRelay
 from trainguard.guard._stop import Stop, StopReason
-from trainguard.registry import EventKind, Lease, ProcessRole, Registry, default_registry_url
+from trainguard.names import meta_directory
+from trainguard.registry import EventKind, Lease, ProcessRole, Registry
 
 log = logging.getLogger("trainguard")
 
@@ -75,8 +76,9 @@ class Session:
                 "run", run, f"this process was launched for run {launched_for!r} ({environment.RUN_ID})"
             )
         store_path = config.store_path()
-        url = config.registry or (os.environ.get(environment.REGISTRY) if launched_for else None)
-        registry = Registry.open(url or default_registry_url(store_path))
+        # Under `trainguard run` the launcher's registry, unless the config names one itself.
+        handed_down = os.environ.get(environment.REGISTRY) if launched_for and not config.registry else None
+        registry = Registry.open(handed_down or config.registry_url())
         lease: Lease | None = None
         adopted = False
         try:
@@ -98,7 +100,7 @@ class Session:
                 registry,
                 registry.run(run),
                 limits,
-                beat=min(config.monitoring.heartbeat_interval, lease.ttl / 3),
+                beat=lease.renewal_interval(config.monitoring.heartbeat_interval),
                 warn=lambda *_: None,  # replaced by the heartbeat's, which queues an event too
             )
             return cls(
@@ -107,7 +109,7 @@ class Session:
                 lease,
                 adopted=adopted,
                 account=account,
-                files=RunFiles(store.root / ".trainguard", run),
+                files=RunFiles(meta_directory(store.root), run),
             )
         except BaseException:
             if lease is not None and not adopted:

@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from trainguard.checkpoints import CheckpointStore
+from trainguard.checkpoints.layout import STAGING, TRASH
 from trainguard.errors import InvalidArgument, StateConflict
+from trainguard.names import META_DIRECTORY
 from trainguard.registry import CheckpointRecord, CheckpointState, EventKind
 
-_NOT_CHECKPOINTS = (".trainguard", ".staging", ".trash")
+# Where no checkpoint file lives: trainguard's own files, unfinished writes, evictions on their way out.
+_NOT_CHECKPOINTS = (META_DIRECTORY, STAGING, TRASH)
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from trainguard.errors import RegistryError
+from trainguard.names import default_registry_url
 
 SQLITE_BUSY_TIMEOUT_S = 60.0
-DEFAULT_REGISTRY_RELATIVE = Path(".trainguard") / "registry.db"
-
-
-def default_registry_url(store: str | Path) -> str:
-    return f"sqlite:///{Path(store).resolve() / DEFAULT_REGISTRY_RELATIVE}"
 
 
 def normalise_url(url: str) -> str:

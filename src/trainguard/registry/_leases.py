@@ -72,6 +72,11 @@ class Lease:
         if time.monotonic() >= self.local_deadline:
             raise LeaseLost(self.run, self.token, f"not renewed within its ttl of {self.ttl:g}s")
 
+    def renewal_interval(self, heartbeat_interval: float) -> float:
+        """How often a holder renews: every heartbeat, and at least three times per ttl - so one late or
+        lost renewal never lets a healthy holder's lease expire."""
+        return min(heartbeat_interval, self.ttl / 3)
+
     def renew(self) -> None:
         self.registry.renew(self)
 

@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 
 from trainguard._os.identity import host_key, is_same_process_alive
+from trainguard.names import meta_directory
 from trainguard.registry import (
     CheckpointState,
     EventKind,
@@ -52,7 +53,7 @@ class Snapshot:
         # Resolved once here: realpath costs more than everything else a sweep does per store.
         stores = [Path(os.path.realpath(r.store)) for r in runs if r.store and os.path.isdir(r.store)]
         # The registry database under each store is opened by every trainguard command: not evidence.
-        registries = [store / ".trainguard" for store in stores]
+        registries = [meta_directory(store) for store in stores]
         # /proc first, the registry second: launchers register themselves before they spawn, so every
         # marked process or holder seen here already has its owner's row by the time the rows are read.
         # (Read the other way round, a child spawned between the two reads looks like an orphan.)

@@ -25,13 +25,13 @@ from trainguard._os import environment
 from trainguard._os.files import write_atomically
 from trainguard._os.identity import ProcessIdentity
 from trainguard._os.resources import tree_rss
-from trainguard.budget import Runtime
+from trainguard.budget import Budget, Runtime, over_ceiling
 from trainguard.checkpoints import CheckpointStore
 from trainguard.config import TrainguardConfig
 from trainguard.errors import ExitCode, InvalidArgument
 from trainguard.guard import REFUSALS, Stop, StopReason
-from trainguard.names import episode_pattern
-from trainguard.registry import EventKind, Lease, ProcessRole, Registry, default_registry_url
+from trainguard.names import episode_pattern, meta_directory
+from trainguard.registry import EventKind, Lease, ProcessRole, Registry
 from trainguard.supervise import _linux as linux
 from trainguard.supervise._procs import marked_processes
 from trainguard.supervise._progress_line import ProgressLine
@@ -117,7 +117,7 @@ class Launcher:
     def launch(self) -> LaunchResult:
         linux.require_linux("trainguard run")
         store_path = self.config.store_path()
-        url = self.config.registry or default_registry_url(store_path)
+        url = self.config.registry_url()
         registry = Registry.open(url)
         try:
             CheckpointStore(store_path, run=self.run, registry=registry).close()  # creates and recovers it
@@ -143,7 +143,7 @@ class Launcher:
                 f if isinstance(f, dict) or Path(f).is_absolute() else str(base / f)
                 for f in self.config.features
             ]
-        path = store_path / ".trainguard" / f"{self.run}.effective.yaml"
+        path = meta_directory(store_path) / f"{self.run}.effective.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, yaml.safe_dump(body, sort_keys=True))
         return path
@@ -222,7 +222,7 @@ class Launcher:
         """Supervise until the child exits (or is stopped); returns the ladder used, if any, and the highest
         episode seen in watched files."""
         progress = self.progress = _Progress(
-            beat_every=min(self.config.monitoring.heartbeat_interval, lease.ttl / 3),
+            beat_every=lease.renewal_interval(self.config.monitoring.heartbeat_interval),
             watch_dir=self.options.watch_dir or store_path,
         )
         child_target = Target(child.pid, ProcessIdentity.of(child.pid).start_time, ProcessRole.CHILD.value)
@@ -309,8 +309,8 @@ class Launcher:
                 StopReason.RUNTIME, f"runtime {runtime.spent:.1f}s reached the budget of {runtime.limit:g}s"
             )
         memory = self.settings.get("max_memory")
-        if memory is not None and (rss := tree_rss(child_pid)) > memory:
-            self._stop(StopReason.MEMORY, f"process tree RSS {rss} bytes is over max_memory {memory}")
+        if memory is not None and (overrun := over_ceiling(Budget.MEMORY, tree_rss(child_pid), memory)):
+            self._stop(StopReason.MEMORY, str(overrun))
 
     def _stop(self, reason: StopReason, detail: str) -> None:
         if self.stop is None:

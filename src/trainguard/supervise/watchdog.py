@@ -19,7 +19,7 @@ from typing import Any
 
 from trainguard._os.identity import ProcessIdentity
 from trainguard._os.resources import tree_bytes, tree_rss
-from trainguard.budget import Budget, EffectiveLimits, heartbeat_interval, overruns
+from trainguard.budget import Budget, EffectiveLimits, heartbeat_interval, over_ceiling, overruns
 from trainguard.registry import EventKind, LeaseInfo, LeaseState, ProcessRole, Registry, RunRecord
 from trainguard.supervise._linux import require_linux
 from trainguard.supervise._snapshot import Snapshot
@@ -185,27 +185,13 @@ class Watchdog:
             return Finding(run.name, Violation(found[0].budget.value), str(found[0]), alive, evidence)
         limits = EffectiveLimits.from_mapping(run.limits)
         if limits.memory is not None:
-            rss = tree_rss(*(t.pid for t in alive if t.role != ProcessRole.LAUNCHER))
-            evidence["rss"] = rss
-            if rss > limits.memory:
-                return Finding(
-                    run.name,
-                    Violation.MEMORY,
-                    f"process tree RSS {rss} bytes is over {limits.memory}",
-                    alive,
-                    evidence,
-                )
+            evidence["rss"] = rss = tree_rss(*(t.pid for t in alive if t.role != ProcessRole.LAUNCHER))
+            if overrun := over_ceiling(Budget.MEMORY, rss, limits.memory):
+                return Finding(run.name, Violation.MEMORY, str(overrun), alive, evidence)
         if limits.disk is not None and run.store:
-            used = tree_bytes(Path(run.store))
-            evidence["disk"] = used
-            if used > limits.disk:
-                return Finding(
-                    run.name,
-                    Violation.DISK,
-                    f"{used} bytes under the store is over {limits.disk}",
-                    alive,
-                    evidence,
-                )
+            evidence["disk"] = used = tree_bytes(Path(run.store))
+            if overrun := over_ceiling(Budget.DISK, used, limits.disk):
+                return Finding(run.name, Violation.DISK, str(overrun), alive, evidence)
         return None
 
     def orphans(self, snapshot: Snapshot) -> list[Finding]:
