@@ -37,10 +37,8 @@ MAX_LINES = 420  # "modules <= ~400 lines, one concept each"
 def _modules() -> dict[str, Path]:
     found = {}
     for path in sorted((SRC / PACKAGE).rglob("*.py")):
-        parts = list(path.relative_to(SRC).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts.pop()
-        found[".".join(parts)] = path
+        dotted = path.relative_to(SRC).with_suffix("").as_posix().replace("/", ".")
+        found[dotted.removesuffix(".__init__")] = path
     return found
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 import trainguard.errors as errors_module
 from support import run_cli
@@ -269,3 +270,15 @@ def test_platform_and_dependency_errors_reach_the_shell_in_one_line(
         "pip install 'trainguard[report]'"
     )
     assert not (world.tmp / "r.html").exists()
+
+
+def test_a_missing_optional_dependency_names_its_extra(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    with CheckpointStore(world.tmp / "torch-store", run="t", format="torch") as store:
+        lease = store.registry.acquire("t", ttl=60)
+        name = store.save({"w": torch.ones(2)}, episode=1, lease=lease).name
+        monkeypatch.setitem(sys.modules, "torch", None)  # as on a machine without the torch extra
+        with pytest.raises(MissingDependency, match=r"needs torch, .* pip install 'trainguard\[torch\]'"):
+            store.load(name)
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    with pytest.raises(MissingDependency, match=r"trainguard\[postgres\]"):
+        Registry.open("postgresql://postgres@127.0.0.1:1/none")

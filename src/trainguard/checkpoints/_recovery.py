@@ -63,7 +63,11 @@ def recover(store: StoreContext, *, foreign_grace: float) -> RecoveryReport:
             quarantine_path(
                 path,
                 quarantine_root(store.root) / path.name,
-                {"reason": row.state_reason or "quarantined", "run": store.run, "checkpoint": path.name},
+                {
+                    "reason": row.state_reason or CheckpointState.QUARANTINED.value,
+                    "run": store.run,
+                    "checkpoint": path.name,
+                },
             )
             report.finished.append(f"quarantined {path.name}")
     for row in rows.values():
@@ -114,7 +118,11 @@ def _roll_forward(store: StoreContext, path: Path, row: CheckpointRecord, report
             quarantine_path(
                 path,
                 free_entry(store.root, row.name),
-                {"reason": row.state_reason or "quarantined", "run": store.run, "checkpoint": row.name},
+                {
+                    "reason": row.state_reason or CheckpointState.QUARANTINED.value,
+                    "run": store.run,
+                    "checkpoint": row.name,
+                },
             )
         elif row.state is CheckpointState.EVICTED:
             discard(store.root, path)
@@ -131,6 +139,15 @@ def _roll_forward(store: StoreContext, path: Path, row: CheckpointRecord, report
         detail={"staging": path.name, "state": row.state.value},
     )
     return True
+
+
+def _reason_record(store: StoreContext, row: CheckpointRecord, name: str) -> dict[str, str]:
+    """What a quarantine the registry decided (and recovery finishes) records next to the directory."""
+    return {
+        "reason": row.state_reason or CheckpointState.QUARANTINED.value,
+        "run": store.run,
+        "checkpoint": name,
+    }
 
 
 def _manifest_matches(path: Path, row: CheckpointRecord) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from trainguard._os.optional import require
 from trainguard.checkpoints._durable import Chunk
 
 _ALIGN = 8
@@ -174,6 +175,7 @@ def decode(data: Any, frameworks: dict[str, str]) -> dict[str, Any]:
         count = (end - begin) // itemsize
         shape = tuple(entry["shape"])
         if frameworks.get(key, "numpy") == "torch":
+            require("torch", f"tensor {key!r}, saved from torch")
             import torch
 
             dtype = getattr(torch, torch_name)

@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from trainguard._os.hashing import format_digest, new_hasher
+from trainguard._os.optional import require
 from trainguard.checkpoints import _safetensors as st
 from trainguard.checkpoints._durable import StepFailed, new_durable_file, write_all, write_file
 from trainguard.checkpoints._tree import flatten, tensor_keys, unflatten
@@ -121,6 +122,7 @@ class _HashingFile(io.RawIOBase):
 
 
 def _write_torch(state: object, path: Path) -> FileRecord:
+    require("torch", "checkpoints.format: torch")
     import torch
 
     with new_durable_file(path) as fd:
@@ -194,6 +196,7 @@ def check_torch_file(data: Buffer, name: str, file: str) -> None:
 
 
 def _torch_load(data: Buffer, name: str, file: str) -> Any:
+    require("torch", f"reading {file} of checkpoint {name!r}")
     import torch
 
     try:

@@ -12,9 +12,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from trainguard._os.optional import require
 from trainguard.cli._common import ArgumentParser, add_location_args, out, registry_url
 from trainguard.config.units import format_duration
-from trainguard.errors import MissingDependency
 from trainguard.names import validate_name
 from trainguard.registry import CheckpointRecord, CheckpointState, EventKind, EventRecord, Registry, RunRecord
 
@@ -30,13 +30,12 @@ _NOISY = {EventKind.LEASE_RENEWED}
 
 
 def _plt() -> Any:
-    try:
-        import matplotlib
+    require("matplotlib", "trainguard report")
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise MissingDependency("matplotlib", "report", "trainguard report") from error
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     return plt
 
 

@@ -15,11 +15,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
 
 from trainguard.checkpoints import LoadedCheckpoint
+from trainguard.errors import MissingDependency
 from trainguard.guard import Guard
+
+try:
+    from stable_baselines3.common.base_class import BaseAlgorithm
+    from stable_baselines3.common.callbacks import BaseCallback
+except ImportError as error:  # an optional integration: say which extra brings it
+    raise MissingDependency("stable-baselines3", "sb3", "trainguard.integrations.sb3") from error
 
 
 def state_of(model: BaseAlgorithm) -> dict[str, Any]:

@@ -168,7 +168,7 @@ class CheckpointOps(LeaseOps):
             if current.state is CheckpointState.EVICTED and pinned:
                 raise StateConflict(
                     f"checkpoint {name!r} of run {run!r}",
-                    "evicted",
+                    CheckpointState.EVICTED.value,
                     "its files are gone; it cannot be pinned",
                 )
             conn.execute(

@@ -16,6 +16,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from trainguard._os.optional import require
 from trainguard.errors import RegistryError
 from trainguard.names import default_registry_url
 
@@ -59,12 +60,7 @@ def create_registry_engine(url: str, *, relaxed: bool = False) -> Engine:
             raise RegistryError(
                 redact(url), "PostgreSQL registries use the psycopg (3) driver: postgresql://..."
             )
-        try:
-            import psycopg  # noqa: F401
-        except ImportError as error:
-            raise RegistryError(
-                redact(url), "psycopg is not installed: pip install 'trainguard[postgres]'"
-            ) from error
+        require("psycopg", "a PostgreSQL registry")
         # No pool_pre_ping: it costs a round trip per transaction (a third of a renewal). A connection that
         # died with the server fails its statement, is discarded by the pool, and the caller's next attempt
         # (the next heartbeat) gets a fresh one.
