@@ -133,6 +133,20 @@ def test_bad_checkpoint_name_and_unknown_run(populated: tuple[Path, str, list[st
     _one_line_error(run_cli("ckpt", "pin", run, "ep999", "--store", str(root)), "no such checkpoint")
 
 
+def test_bad_retention_flags_name_the_flag(populated: tuple[Path, str, list[str]]) -> None:
+    root, run, names = populated
+    prune = ("ckpt", "prune", run, "--store", str(root))
+    _one_line_error(run_cli(*prune, "--keep-last", "-1"), "--keep-last = -1: must be >= 0")
+    _one_line_error(
+        run_cli(*prune, "--keep-last", "1", "--keep-every", "0"), "--keep-every = 0: must be >= 1"
+    )
+    _one_line_error(
+        run_cli(*prune, "--keep-last", "1", "--keep-best", "1"), "--keep-best = 1: needs --metric"
+    )
+    with CheckpointStore(root, run=run) as store:
+        assert [r.name for r in store.checkpoints()] == names  # nothing was evicted by a refused prune
+
+
 def test_usage_errors_are_one_line(tmp_path: Path) -> None:
     _one_line_error(run_cli("ckpt", "ls"), "the following arguments are required: RUN")
     _one_line_error(run_cli("ckpt", "ls", "r"), "give --store DIR, --registry URL or -c CONFIG")

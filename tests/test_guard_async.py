@@ -18,6 +18,13 @@ from trainguard import CheckpointWriteError, Guard, LeaseLost, Registry
 _real_fsync = os.fsync
 
 
+def _fail_in_the_writer(fd: int) -> None:
+    """os.fsync, failing in the background saver's thread only (the loop's own files still sync)."""
+    if threading.current_thread().name == "trainguard-async-save":
+        raise OSError(errno.EIO, "injected writer failure")
+    _real_fsync(fd)
+
+
 def _state(seed: int) -> dict[str, Any]:
     torch.manual_seed(seed)
     model = torch.nn.Linear(32, 8)
@@ -97,14 +104,9 @@ def test_writer_failure_surfaces_on_the_next_save(tmp_path: Path, monkeypatch: p
 def test_an_error_taken_from_the_result_is_not_raised_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def fail_in_the_writer(fd: int) -> None:
-        if threading.current_thread().name == "trainguard-async-save":
-            raise OSError(errno.EIO, "injected writer failure")
-        _real_fsync(fd)
-
     with Guard(run="seen", store=str(tmp_path / "s"), async_=True) as guard:
         with monkeypatch.context() as patch:
-            patch.setattr("trainguard.checkpoints._durable.os.fsync", fail_in_the_writer)
+            patch.setattr("trainguard.checkpoints._durable.os.fsync", _fail_in_the_writer)
             episodes = guard.episodes()
             next(episodes)
             result = guard.save({"w": np.ones(8)})
@@ -121,16 +123,11 @@ def test_an_error_taken_from_the_result_is_not_raised_again(
 def test_writer_failure_of_the_last_save_surfaces_on_exit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def always_fail(fd: int) -> None:
-        if threading.current_thread().name == "trainguard-async-save":
-            raise OSError(errno.EIO, "injected writer failure")
-        _real_fsync(fd)
-
     with (
         pytest.raises(CheckpointWriteError, match="injected writer failure"),
         Guard(run="exitfail", store=str(tmp_path / "s"), async_=True) as guard,
     ):
-        monkeypatch.setattr("trainguard.checkpoints._durable.os.fsync", always_fail)
+        monkeypatch.setattr("trainguard.checkpoints._durable.os.fsync", _fail_in_the_writer)
         for _episode in guard.episodes():
             guard.save({"w": np.ones(8)})
             break

@@ -164,7 +164,7 @@ def from_settings(
     parts: list[Policy] = [KeepLast(keep_last_n)]
     if keep_best_k and best_metric:
         parts.append(KeepBest(keep_best_k, best_metric, best_mode))
-    if keep_every_n:
+    if keep_every_n is not None:
         parts.append(KeepEvery(keep_every_n))
     return union(*parts)
 

@@ -215,37 +215,32 @@ def cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
-def _policy(
-    args: argparse.Namespace, store: CheckpointStore, config_policy: retention.Policy | None
-) -> retention.Policy:
+def _policy(args: argparse.Namespace, config_policy: retention.Policy | None) -> retention.Policy:
+    """The flags' policy (--keep-last and what it adds to), else the config's."""
     if args.keep_best and not args.metric:
         raise InvalidArgument("--keep-best", args.keep_best, "needs --metric NAME")
-    for flag, value in (
-        ("--keep-last", args.keep_last),
-        ("--keep-best", args.keep_best),
-        ("--keep-every", args.keep_every),
-    ):
-        if value is not None and value < (1 if flag == "--keep-every" else 0):
-            raise InvalidArgument(flag, value, "must be >= 1" if flag == "--keep-every" else "must be >= 0")
-    if args.keep_last is not None:
+    if args.keep_last is None:
+        if config_policy is None:
+            raise InvalidArgument(
+                "--keep-last",
+                None,
+                "prune needs a policy: --keep-last N (and optionally --keep-best, "
+                "--keep-every) or -c CONFIG with checkpoints.keep_last",
+            )
+        return config_policy
+    try:
         return retention.from_settings(
             args.keep_last, args.keep_best, args.metric, args.mode, args.keep_every
         )
-    if config_policy is not None:
-        return config_policy
-    raise InvalidArgument(
-        "--keep-last",
-        None,
-        "prune needs a policy: --keep-last N (and optionally --keep-best, "
-        "--keep-every) or -c CONFIG with checkpoints.keep_last",
-    )
+    except InvalidArgument as error:  # the policy's own rule, told under the flag's name
+        raise InvalidArgument(f"--{error.parameter.replace('_', '-')}", error.value, error.rule) from None
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     location = locate(args)
     config_policy = retention.from_config(location.config.checkpoints) if location.config else None
     with open_store(location, recover=not args.dry_run) as store:
-        evicted = store.prune(policy=_policy(args, store, config_policy), dry_run=args.dry_run)
+        evicted = store.prune(policy=_policy(args, config_policy), dry_run=args.dry_run)
         kept = [r.name for r in store.checkpoints()]
     if args.json:
         print_json({"run": args.run, "dry_run": args.dry_run, "evicted": evicted, "kept": kept})
