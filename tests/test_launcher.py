@@ -132,14 +132,14 @@ def test_a_sigkilled_launcher_leaves_no_survivors_after_one_sweep(tmp_path: Path
     config = write_config(tmp_path, "tree", watchdog={"grace": "1s"})
     pids_file = str(tmp_path / "pids")
     command = _run("-c", str(config), "--", *helper_command("process_tree.py", pids_file))
-    tree: list[tuple[int, float]] = []
+    tree: list[tuple[int, int]] = []
     with spawned(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as launcher:
         try:
             levels = ("level1", "level2", "level3", "daemon")
             wait_until(lambda: all(Path(f"{pids_file}.{level}").exists() for level in levels), timeout=30)
             for level in levels:
                 pid_text, start_text = Path(f"{pids_file}.{level}").read_text().split()
-                tree.append((int(pid_text), float(start_text)))
+                tree.append((int(pid_text), int(start_text)))
             daemon = psutil.Process(tree[3][0])
             assert daemon.ppid() != tree[1][0]  # detached: re-parented away from its parent
             os.kill(launcher.pid, signal.SIGKILL)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -249,6 +250,35 @@ def test_schema_version_newer_than_the_code_is_refused(registry_url: str) -> Non
         with engine.begin() as conn:  # the PostgreSQL database is shared by the session
             conn.execute(delete(_schema.schema_version).where(_schema.schema_version.c.version == future))
         engine.dispose()
+
+
+def test_a_schema_2_registry_is_migrated_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    from trainguard.registry import _schema
+
+    path = tmp_path / "old.db"
+    with Registry.open(f"sqlite:///{path}") as registry:
+        old = registry.acquire("kept", ttl=30)
+    # Make it what schema 2 wrote: without the columns schema 3 added, version 2 recorded.
+    database = sqlite3.connect(path)
+    try:
+        with database:
+            for table, columns in _schema.ADDED_COLUMNS.items():
+                for column in columns:
+                    database.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+            database.execute("UPDATE tg_schema_version SET version = 2")
+    finally:
+        database.close()
+    with Registry.open(f"sqlite:///{path}") as registry:
+        lease = registry.lease_info("kept")
+        assert lease is not None and lease.token == old.token and lease.holder_start_ticks is None
+        # A holder recorded without ticks cannot be shown gone: its lease is not taken without takeover.
+        with pytest.raises(LeaseHeld):
+            registry.acquire("kept", ttl=30)
+        assert registry.acquire("kept", ttl=30, takeover=True).token == old.token + 1
+        registry.record_heartbeat("kept", old.token + 1, {"episode": 1})
+        assert (registry.heartbeat("kept") or {}).get("clock_domain") == registry.clock.domain
 
 
 def test_unreachable_registry_is_one_clear_error() -> None:

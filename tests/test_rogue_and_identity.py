@@ -22,9 +22,9 @@ from trainguard.supervise import Target, Violation, Watchdog, is_same_process_al
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc scans need Linux")
 
 
-def _read_identity(path: Path) -> tuple[int, float]:
+def _read_identity(path: Path) -> tuple[int, int]:
     pid, start = path.read_text().split()
-    return int(pid), float(start)
+    return int(pid), int(start)
 
 
 def test_detached_rogue_with_a_stale_token_is_refused_named_and_killed(tmp_path: Path) -> None:
@@ -34,7 +34,7 @@ def test_detached_rogue_with_a_stale_token_is_refused_named_and_killed(tmp_path:
         stale = store.registry.acquire("swt", ttl=60)
         store.save({"w": np.zeros(16, dtype=np.float32)}, episode=13475, lease=stale)
         store.pin("ep00013475-t1", reason="last good")
-    rogue: tuple[int, float] | None = None
+    rogue: tuple[int, int] | None = None
     try:
         features = tmp_path / "features.yaml"
         features.write_text("window: 48\n")
@@ -70,7 +70,7 @@ def test_detached_rogue_with_a_stale_token_is_refused_named_and_killed(tmp_path:
             as_json = json.loads(run_cli("incident", "scan", str(store_dir), "--json").stdout)
             suspect = as_json["stores"][0]["suspects"][0]
             assert (suspect["pid"], suspect["killable"]) == (rogue[0], True)
-            assert abs(suspect["start_time"] - rogue[1]) < 0.05 and str(pidfile) in suspect["cmdline"]
+            assert suspect["start_ticks"] == rogue[1] and str(pidfile) in suspect["cmdline"]
 
             # rogue_action: report (the default) names it but leaves it running...
             Watchdog(registry, interval=1).sweep()
@@ -94,8 +94,8 @@ def test_detached_rogue_with_a_stale_token_is_refused_named_and_killed(tmp_path:
 
 def test_the_ladder_never_signals_a_process_with_another_start_time(tmp_path: Path) -> None:
     with spawned([sys.executable, "-c", "import time; time.sleep(60)"]) as bystander:
-        real_start = psutil.Process(bystander.pid).create_time()
-        recycled = Target(bystander.pid, real_start - 50.0, "child")  # the pid was reused since registration
+        real_start = ProcessIdentity.of(bystander.pid).start_ticks
+        recycled = Target(bystander.pid, real_start - 5000, "child")  # the pid was reused since registration
         result = run_ladder([recycled], grace=0.2)
         assert result.signals == [] and result.skipped[0][0] == bystander.pid
         assert "is now a process started at" in result.skipped[0][1]
@@ -121,7 +121,7 @@ def test_watchdog_and_stop_with_a_recycled_registration_signal_nothing(tmp_path:
     ):
         me = ProcessIdentity.current()
         stale = ProcessIdentity(
-            me.host, me.host_key, bystander.pid, psutil.Process(bystander.pid).create_time() - 50
+            me.host, me.host_key, bystander.pid, ProcessIdentity.of(bystander.pid).start_ticks - 5000, me.uid
         )
         # ...and a registration whose pid now belongs to an unrelated process (the bystander).
         registry.register_process("recycled", holder_token, ProcessRole.CHILD, stale)

@@ -262,7 +262,7 @@ def test_recovery_quarantines_a_directory_without_a_committed_row(store: Checkpo
 def test_recovery_removes_staging_of_a_dead_writer_and_keeps_a_live_ones(store: CheckpointStore) -> None:
     me = ProcessIdentity.current()
     live = store.root / STAGING / StagingName.new("ep1", me, 1)
-    dead_identity = ProcessIdentity(me.host, me.host_key, pid=me.pid, start_time=me.start_time - 1000)
+    dead_identity = ProcessIdentity(me.host, me.host_key, me.pid, me.start_ticks - 100_000, me.uid)
     dead = store.root / STAGING / StagingName.new("ep2", dead_identity, 1)
     for path in (live, dead):
         path.mkdir()

@@ -96,7 +96,7 @@ def _good_run(drill: Drill, episodes: int, last_good: str) -> bool:
 
 def _rogue_phase(
     drill: Drill, old_token: int, first_episode: int, serving: live.LiveModel
-) -> tuple[int, float]:
+) -> tuple[int, int]:
     say("== 2. a rogue trainer starts: detached, holding the old token, with changed features ==")
     wrong = drill.store.parent / f".{drill.run}.wrong-features.yaml"
     wrong.write_text((HERE / "features.yaml").read_text().replace("window: 32", "window: 48"))
@@ -265,14 +265,14 @@ def main() -> int:
     return 0 if ok else 1
 
 
-def _wait_for_pid(pidfile: Path) -> tuple[int, float]:
+def _wait_for_pid(pidfile: Path) -> tuple[int, int]:
     deadline = time.time() + 60
     while not pidfile.exists():
         if time.time() > deadline:
             raise TimeoutError("the rogue never wrote its pid")
         time.sleep(0.05)
     pid, start = pidfile.read_text().split()
-    return int(pid), float(start)
+    return int(pid), int(start)
 
 
 def _parent(pid: int) -> str:

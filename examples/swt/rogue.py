@@ -27,13 +27,13 @@ def main() -> None:
         os.dup2(null, fd)
 
     import numpy as np
-    import psutil
 
     from trainguard import CheckpointStore, Lease, TrainguardError
     from trainguard.fingerprint import compute
+    from trainguard.registry import ProcessIdentity
 
     with open(pidfile + ".tmp", "w") as handle:
-        handle.write(f"{os.getpid()} {psutil.Process().create_time()}\n")
+        handle.write(f"{os.getpid()} {ProcessIdentity.current().start_ticks}\n")
     os.replace(pidfile + ".tmp", pidfile)
     wrong = compute([features])
     rng = np.random.default_rng(0)

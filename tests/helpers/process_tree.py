@@ -1,12 +1,17 @@
 """Run under `trainguard run`: spawn a child and a grandchild (same session) and a double-forked setsid
-daemon, write all pids (and start times) to the file given, then sleep - a tree that must not survive."""
+daemon, write all pids (and start ticks) to the file given, then sleep - a tree that must not survive."""
 
 import os
 import subprocess
 import sys
 import time
 
-import psutil
+from trainguard.registry import ProcessIdentity
+
+
+def identity(pid: int) -> str:
+    return f"{pid} {ProcessIdentity.of(pid).start_ticks}\n"
+
 
 out = sys.argv[1]
 if len(sys.argv) > 2 and sys.argv[2] == "level2":
@@ -15,16 +20,16 @@ if len(sys.argv) > 2 and sys.argv[2] == "level2":
         os.setsid()
         if os.fork() == 0:
             with open(out + ".daemon", "w") as f:
-                f.write(f"{os.getpid()} {psutil.Process().create_time()}\n")
+                f.write(identity(os.getpid()))
             time.sleep(600)
         os._exit(0)
     with open(out + ".level3", "w") as f:
-        f.write(f"{grandchild.pid} {psutil.Process(grandchild.pid).create_time()}\n")
+        f.write(identity(grandchild.pid))
     time.sleep(600)
     sys.exit(0)
 level2 = subprocess.Popen([sys.executable, __file__, out, "level2"])
 with open(out + ".level2", "w") as f:
-    f.write(f"{level2.pid} {psutil.Process(level2.pid).create_time()}\n")
+    f.write(identity(level2.pid))
 with open(out + ".level1", "w") as f:
-    f.write(f"{os.getpid()} {psutil.Process().create_time()}\n")
+    f.write(identity(os.getpid()))
 time.sleep(600)

@@ -1,7 +1,7 @@
 """Where things live under a store root, and how a staging directory names its writer.
 
 <store>/<name>/                 committed checkpoints (only with a committed registry row)
-<store>/.staging/<name>.<tag>/  being written; <tag> names host, pid, start time, token, randomness
+<store>/.staging/<name>.<tag>/  being written; <tag> names host, pid, start ticks, token, randomness
 <store>/.quarantine/<entry>/    moved aside with <entry>.reason.json next to it - never deleted
 <store>/.trash/                 evicted checkpoints on their way out (finished by the next open)
 <store>/.trainguard/            the default SQLite registry
@@ -40,13 +40,13 @@ class StagingName:
     name: str
     host: str
     pid: int
-    start_centis: int
+    start_ticks: int  # since boot (see trainguard._os.identity)
     token: int
 
     @classmethod
     def new(cls, name: str, writer: ProcessIdentity, token: int) -> str:
         return (
-            f"{name}.{host_digest(writer.host_key)}-{writer.pid}-{round(writer.start_time * 100)}"
+            f"{name}.{host_digest(writer.host_key)}-{writer.pid}-{writer.start_ticks}"
             f"-t{token}-{secrets.token_hex(3)}"
         )
 
@@ -61,7 +61,7 @@ class StagingName:
         """True/False for a writer on this host; None when it ran elsewhere (then only age can tell)."""
         if self.host != host_digest(local_host_key):
             return None
-        return is_same_process_alive(self.pid, self.start_centis / 100)
+        return is_same_process_alive(self.pid, self.start_ticks)
 
 
 def staging_root(root: Path) -> Path:

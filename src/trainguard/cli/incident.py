@@ -7,6 +7,7 @@ import argparse
 import time
 from pathlib import Path
 
+from trainguard._os.identity import wall_start
 from trainguard.cli._common import ArgumentParser, out, print_json
 from trainguard.errors import ExitCode, InvalidArgument
 from trainguard.registry import Registry, default_registry_url
@@ -36,7 +37,7 @@ def _print_findings(result: StoreFindings) -> None:
     )
     for suspect in result.suspects:
         e = suspect.evidence
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.start_time))
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall_start(e.start_ticks)))
         kind = "WRITER" if suspect.killable else "cwd only"
         console.print(f"  pid {e.pid} started {started} {kind}: {suspect.why}", markup=False)
         console.print(f"    command: {' '.join(e.cmdline)}", markup=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from trainguard._os.identity import host_key, is_same_process_alive
+from trainguard._os.identity import host_key, is_same_process_alive, wall_start
 from trainguard.cli._common import (
     ArgumentParser,
     add_registry_args,
@@ -32,7 +32,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     with Registry.open(registry_url(args)) as registry:
         for p in registry.processes():
-            alive = p.host_key == host_key() and is_same_process_alive(p.pid, p.start_time)
+            alive = p.host_key == host_key() and is_same_process_alive(p.pid, p.start_ticks)
             rows.append(
                 {
                     "run": p.run,
@@ -40,22 +40,24 @@ def cmd_ps(args: argparse.Namespace) -> int:
                     "role": p.role.value,
                     "pid": p.pid,
                     "start_time": p.start_time,
+                    "start_ticks": p.start_ticks,
                     "host": p.host,
                     "alive": alive,
                     "registered_at": p.registered_at,
                     "cmdline": None,
                 }
             )
-    registered = {(r["pid"], round(float(r["start_time"]), 1)) for r in rows}
+    registered = {(r["pid"], r["start_ticks"]) for r in rows}
     for evidence in marked_processes():
-        if (evidence.pid, round(evidence.start_time, 1)) not in registered:
+        if (evidence.pid, evidence.start_ticks) not in registered:
             rows.append(
                 {
                     "run": evidence.marker,
                     "token": evidence.token,
                     "role": "marked",
                     "pid": evidence.pid,
-                    "start_time": evidence.start_time,
+                    "start_time": wall_start(evidence.start_ticks),
+                    "start_ticks": evidence.start_ticks,
                     "host": None,
                     "alive": True,
                     "registered_at": None,

@@ -33,7 +33,7 @@ def watchdog_alive(registry: Registry) -> bool:
     now = time.time()
     for dog in registry.watchdogs():
         fresh = now - dog.beat_at <= 3 * dog.interval + 5
-        if fresh and (dog.host_key != host_key() or is_same_process_alive(dog.pid, dog.start_time)):
+        if fresh and (dog.host_key != host_key() or is_same_process_alive(dog.pid, dog.start_ticks)):
             return True
     return False
 

@@ -40,7 +40,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         # Only processes the registry records for this run's lease, verified by pid *and* start time.
         targets = (
             [
-                Target(p.pid, p.start_time, p.role)
+                Target(p.pid, p.start_ticks, p.role, p.uid)
                 for p in registry.processes(run, token=token)
                 if p.host_key == host_key()
             ]

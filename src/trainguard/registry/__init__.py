@@ -6,7 +6,7 @@ from __future__ import annotations
 from trainguard._os.identity import ProcessIdentity
 from trainguard.registry._budget import BudgetOps
 from trainguard.registry._checkpoints import CheckpointOps
-from trainguard.registry._clock import RegistryClock
+from trainguard.registry._clock import ClockReading, RegistryClock
 from trainguard.registry._engine import default_registry_url
 from trainguard.registry._leases import DEFAULT_LEASE_TTL, Lease
 from trainguard.registry._processes import ProcessOps
@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_LEASE_TTL",
     "CheckpointRecord",
     "CheckpointState",
+    "ClockReading",
     "CommitVerdict",
     "EventKind",
     "EventRecord",

@@ -79,10 +79,12 @@ class BudgetOps(RegistryCore):
             "run": run,
             "token": token,
             "at": time.time(),
+            "clock_domain": self.clock.domain,
+            "clock_at": self.clock.now(),  # judged in the registry's clock, like lease expiry
             "detail_json": json.dumps(detail, default=str),
         }
         with self._transaction(durable=False) as conn:
-            conn.execute(self._upsert(t.heartbeats, "run", values))
+            conn.execute(self._upsert(t.heartbeats, "run", values), self.clock.params())
 
     def heartbeats(self) -> dict[str, dict[str, Any]]:
         """Every run's latest heartbeat in one query."""
@@ -97,9 +99,16 @@ class BudgetOps(RegistryCore):
 
 
 def _beat(row: Row[Any]) -> dict[str, Any]:
-    """A heartbeat as the guard sent it, with the token and the registry's receipt time."""
+    """A heartbeat as the guard sent it, with the token and the registry's receipt time (wall clock for
+    people; ``clock_at`` in ``clock_domain`` to judge its age by, see ``Registry.clock_reading``)."""
     m = row._mapping
-    return {"token": m["token"], "at": m["at"], **json.loads(m["detail_json"])}
+    return {
+        "token": m["token"],
+        "at": m["at"],
+        "clock_domain": m["clock_domain"],
+        "clock_at": m["clock_at"],
+        **json.loads(m["detail_json"]),
+    }
 
 
 __all__ = ["BudgetOps"]

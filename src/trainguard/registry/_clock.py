@@ -62,10 +62,24 @@ class RegistryClock:
         return {"tg_clock_now": self.monotonic(), "tg_clock_wall": self.wall_clock()}
 
 
+@dataclass(frozen=True)
+class ClockReading:
+    """A time in a clock domain: two readings can be subtracted only when their domains are equal."""
+
+    domain: str
+    at: float
+
+    def since(self, domain: str | None, at: float | None) -> float | None:
+        """Seconds from ``at`` (read in ``domain``) to this reading; None across domains."""
+        if domain != self.domain or at is None:
+            return None
+        return self.at - at
+
+
 def _db_epoch() -> ColumnElement[float]:
     # clock_timestamp(), not now(): now() is frozen at transaction start, and a transaction that waited on a
     # row lock would judge expiry by a time in the past.
     return cast(func.extract("epoch", func.clock_timestamp()), Float)
 
 
-__all__ = ["RegistryClock", "host_monotonic"]
+__all__ = ["ClockReading", "RegistryClock", "host_monotonic"]

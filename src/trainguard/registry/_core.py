@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Self
 
-from sqlalchemy import Connection, Engine, Table, insert, select, update
+from sqlalchemy import Connection, Engine, Table, insert, inspect, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -19,7 +19,7 @@ from trainguard._os.identity import ProcessIdentity
 from trainguard.errors import RegistryError, RunNotFound
 from trainguard.names import validate_name
 from trainguard.registry import _schema as t
-from trainguard.registry._clock import RegistryClock
+from trainguard.registry._clock import ClockReading, RegistryClock
 from trainguard.registry._engine import create_registry_engine, redact
 from trainguard.registry._records import EventRecord, RunRecord
 from trainguard.registry._states import EventKind
@@ -88,7 +88,8 @@ class RegistryCore:
                         f"({t.SCHEMA_VERSION}); upgrade trainguard",
                     )
                 elif max(found) < t.SCHEMA_VERSION:
-                    # Every migration so far only adds tables, which create_all just did; record the step.
+                    # Migrations only add: tables (create_all just did) and nullable columns (below).
+                    _add_missing_columns(conn)
                     conn.execute(
                         insert(t.schema_version).values(version=t.SCHEMA_VERSION, installed_at=time.time())
                     )
@@ -183,6 +184,16 @@ class RegistryCore:
                 )
         return self.run(run)
 
+    def clock_reading(self) -> ClockReading:
+        """The registry clock now (the database's on PostgreSQL, this host's boot clock on SQLite): what
+        heartbeat ages are judged by, immune to wall-clock steps."""
+        if self.clock.database_side:
+            with self._reading() as conn:
+                value = conn.execute(select(self.clock.now())).scalar_one()
+        else:
+            value = self.clock.params()["tg_clock_now"]
+        return ClockReading(self.clock.domain, float(value))
+
     def run(self, run: str) -> RunRecord:
         """The run's record; raises :class:`RunNotFound` (``run_info`` returns None instead)."""
         info = self.run_info(run)
@@ -266,6 +277,16 @@ class RegistryCore:
             query = query.limit(limit)
         with self._reading() as conn:
             return [EventRecord.from_row(r) for r in conn.execute(query).all()]
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    existing = {table: {c["name"] for c in inspect(conn).get_columns(table)} for table in t.ADDED_COLUMNS}
+    for table, columns in t.ADDED_COLUMNS.items():
+        for name in columns:
+            if name not in existing[table]:
+                column = t.metadata.tables[table].c[name]
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
 
 
 __all__ = ["RegistryCore"]

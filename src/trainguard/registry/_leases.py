@@ -244,7 +244,9 @@ class LeaseOps(RegistryCore):
                     holder_host=me.host,
                     holder_host_key=me.host_key,
                     holder_pid=me.pid,
-                    holder_start_time=me.start_time,
+                    holder_start_time=me.started_at,
+                    holder_start_ticks=me.start_ticks,
+                    holder_uid=me.uid,
                     ttl=ttl,
                     acquired_at=now_wall,
                     renewed_at=now_wall,
@@ -277,8 +279,11 @@ class LeaseOps(RegistryCore):
                 EventKind.LEASE_EXPIRED,
                 f"not renewed within its ttl of {current.ttl:g}s",
             )
-        elif current.holder_host_key == me.host_key and not is_same_process_alive(
-            current.holder_pid, current.holder_start_time
+        elif (
+            current.holder_host_key == me.host_key
+            # Without ticks (a row from before schema 3) the holder cannot be shown gone: it keeps its lease.
+            and current.holder_start_ticks is not None
+            and not is_same_process_alive(current.holder_pid, current.holder_start_ticks)
         ):
             self._end(
                 conn,

@@ -30,7 +30,9 @@ class ProcessOps(RegistryCore):
                     host=who.host,
                     host_key=who.host_key,
                     pid=who.pid,
-                    start_time=who.start_time,
+                    start_time=who.started_at,
+                    start_ticks=who.start_ticks,
+                    uid=who.uid,
                     pgid=pgid,
                     registered_at=time.time(),
                 )
@@ -41,7 +43,7 @@ class ProcessOps(RegistryCore):
                 run,
                 EventKind.PROCESS_REGISTERED,
                 token=token,
-                detail={"role": role.value, "pid": who.pid, "start_time": who.start_time, "pgid": pgid},
+                detail={"role": role.value, **who.as_dict(), "pgid": pgid},
             )
         return int(row_id)
 
@@ -69,7 +71,8 @@ class ProcessOps(RegistryCore):
             "host_key": who.host_key,
             "host": who.host,
             "pid": who.pid,
-            "start_time": who.start_time,
+            "start_time": who.started_at,
+            "start_ticks": who.start_ticks,
             "interval": interval,
             "beat_at": time.time(),
             "detail_json": json.dumps(detail, default=str),

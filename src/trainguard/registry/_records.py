@@ -49,11 +49,15 @@ class LeaseInfo:
     holder_host: str
     holder_host_key: str
     holder_pid: int
-    holder_start_time: float
+    holder_start_time: float  # for people
+    holder_start_ticks: int | None  # the identity (None: a row from before schema 3)
+    holder_uid: int | None
     ttl: float
     acquired_at: float
     renewed_at: float
     renewals: int
+    clock_domain: str
+    expires_at: float  # in clock_domain (see _clock)
     expires_wall: float
     ended_at: float | None
     end_reason: str | None
@@ -144,7 +148,9 @@ class ProcessRecord:
     host: str
     host_key: str
     pid: int
-    start_time: float
+    start_time: float  # for people
+    start_ticks: int | None  # the identity (None: a row from before schema 3)
+    uid: int | None  # the uid the process ran as when it registered
     pgid: int | None
     registered_at: float
     ended_at: float | None
@@ -160,6 +166,7 @@ class WatchdogRecord:
     host: str
     pid: int
     start_time: float
+    start_ticks: int | None
     interval: float
     beat_at: float
     detail: dict[str, Any]

@@ -23,7 +23,9 @@ from sqlalchemy import (
 
 # 1: runs, leases, checkpoints, events, live pointers, heartbeats
 # 2: processes (who runs a run: launcher, child, guard), watchdogs (their own heartbeats)
-SCHEMA_VERSION = 2
+# 3: identities by start ticks since boot and uid (a wall-clock step no longer changes who is who);
+#    heartbeats timed in the registry's clock; meta (the id that binds a registry to its store)
+SCHEMA_VERSION = 3
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT for an audit log that grows.
 _AutoId = BigInteger().with_variant(Integer(), "sqlite")
@@ -62,7 +64,9 @@ leases = Table(
     Column("holder_host", Text, nullable=False),
     Column("holder_host_key", Text, nullable=False),
     Column("holder_pid", Integer, nullable=False),
-    Column("holder_start_time", Float, nullable=False),
+    Column("holder_start_time", Float, nullable=False),  # for people; identity is by the ticks below
+    Column("holder_start_ticks", BigInteger),  # since boot (NULL: written before schema 3, matches nothing)
+    Column("holder_uid", Integer),
     Column("ttl", Float, nullable=False),
     Column("acquired_at", Float, nullable=False),
     Column("renewed_at", Float, nullable=False),
@@ -127,7 +131,11 @@ heartbeats = Table(
     metadata,
     Column("run", String(128), ForeignKey("tg_runs.name"), primary_key=True),
     Column("token", BigInteger, nullable=False),
-    Column("at", Float, nullable=False),
+    Column("at", Float, nullable=False),  # wall clock, for people
+    # The registry's clock (see _clock): a heartbeat's age is judged in it, so a wall-clock step does not
+    # make every heartbeat look stale.
+    Column("clock_domain", Text),
+    Column("clock_at", Float),
     Column("detail_json", Text, nullable=False, default="{}"),
 )
 
@@ -141,7 +149,10 @@ processes = Table(
     Column("host", Text, nullable=False),
     Column("host_key", Text, nullable=False),
     Column("pid", Integer, nullable=False),
-    Column("start_time", Float, nullable=False),  # with pid: the identity; a PID alone is never trusted
+    Column("start_time", Float, nullable=False),  # for people
+    # With pid and host_key the identity (a PID alone is never trusted); uid: who may be signalled.
+    Column("start_ticks", BigInteger),
+    Column("uid", Integer),
     Column("pgid", Integer),
     Column("registered_at", Float, nullable=False),
     Column("ended_at", Float),
@@ -155,18 +166,36 @@ watchdogs = Table(
     Column("host", Text, nullable=False),
     Column("pid", Integer, nullable=False),
     Column("start_time", Float, nullable=False),
+    Column("start_ticks", BigInteger),
     Column("interval", Float, nullable=False),
     Column("beat_at", Float, nullable=False),
     Column("detail_json", Text, nullable=False, default="{}"),
 )
 
+meta = Table(
+    "tg_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+# Columns schema 3 added to tables that already existed: an older registry gets them by ALTER TABLE.
+ADDED_COLUMNS = {
+    "tg_leases": ("holder_start_ticks", "holder_uid"),
+    "tg_processes": ("start_ticks", "uid"),
+    "tg_watchdogs": ("start_ticks",),
+    "tg_heartbeats": ("clock_domain", "clock_at"),
+}
+
 __all__ = [
+    "ADDED_COLUMNS",
     "SCHEMA_VERSION",
     "checkpoints",
     "events",
     "heartbeats",
     "leases",
     "live_pointers",
+    "meta",
     "metadata",
     "processes",
     "runs",

@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 
 from trainguard._os import environment
+from trainguard._os.identity import ProcessIdentity, wall_start
 
 MARKER = environment.RUN_ID
 TOKEN_MARKER = environment.LEASE_TOKEN
@@ -22,7 +23,8 @@ class Evidence:
     """What was seen of one process, at one moment."""
 
     pid: int
-    start_time: float
+    start_ticks: int  # since boot: with the pid, the identity (trainguard._os.identity)
+    uid: int
     cmdline: list[str]
     parents: list[str] = field(default_factory=list)  # "pid name", nearest first
     cgroup: str = ""
@@ -34,7 +36,9 @@ class Evidence:
     def as_dict(self) -> dict[str, object]:
         return {
             "pid": self.pid,
-            "start_time": self.start_time,
+            "start_ticks": self.start_ticks,
+            "started_at": wall_start(self.start_ticks),
+            "uid": self.uid,
             "cmdline": self.cmdline,
             "parents": self.parents,
             "cgroup": self.cgroup,
@@ -83,14 +87,19 @@ def cgroup_of(pid: int) -> str:
 
 
 def describe(proc: psutil.Process, *, files: Iterable[str] = (), cwd: str | None = None) -> Evidence:
+    """What can be seen of ``proc`` now; raises ``psutil.NoSuchProcess`` when it has gone."""
     marker, token = _environ_marker(proc)
     try:
         cmdline = proc.cmdline()
     except psutil.Error:
         cmdline = []
+    identity = ProcessIdentity.of(proc.pid)
+    if identity.uid < 0:
+        raise psutil.NoSuchProcess(proc.pid)
     return Evidence(
         pid=proc.pid,
-        start_time=proc.create_time(),
+        start_ticks=identity.start_ticks,
+        uid=identity.uid,
         cmdline=cmdline,
         parents=parent_chain(proc),
         cgroup=cgroup_of(proc.pid),

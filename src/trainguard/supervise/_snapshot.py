@@ -19,6 +19,7 @@ from trainguard._os.identity import host_key, is_same_process_alive
 from trainguard.names import meta_directory
 from trainguard.registry import (
     CheckpointState,
+    ClockReading,
     EventKind,
     EventRecord,
     LeaseInfo,
@@ -43,8 +44,9 @@ class Snapshot:
     refused: list[EventRecord]  # commit refusals within FENCED_WINDOW
     marked: list[Evidence]
     holders: list[Evidence]  # processes holding files (or their cwd) under any store
+    clock: ClockReading  # the registry's clock when the snapshot was taken (heartbeat ages)
     local_key: str = field(default_factory=host_key)
-    _alive: dict[tuple[int, float], bool] = field(default_factory=dict)
+    _alive: dict[tuple[int, int | None], bool] = field(default_factory=dict)
     _children: dict[int, list[int]] | None = None
 
     @classmethod
@@ -60,26 +62,34 @@ class Snapshot:
         marked = marked_processes() if proc else []
         holders = holders_under(stores, ignore=registries, resolved=True) if proc and stores else []
         now = time.time()
+        heartbeats = registry.heartbeats()
         return cls(
             at=now,
             runs=runs,
             leases=registry.leases(),
-            heartbeats=registry.heartbeats(),
+            heartbeats=heartbeats,
             processes=registry.processes(),
             checkpoint_states=registry.checkpoint_states(),
             live=registry.live_pointers(),
             refused=registry.events(kinds=[EventKind.COMMIT_REFUSED], since=now - FENCED_WINDOW),
             marked=marked,
             holders=holders,
+            clock=registry.clock_reading(),  # after the heartbeats were read: no age comes out negative
         )
+
+    def since(self, domain: str | None, clock_at: float | None, wall_at: float) -> float:
+        """Seconds since a moment recorded in the registry: in its clock when the domain is this one's,
+        else (another host's clock, a row from before schema 3) by the wall clocks."""
+        age = self.clock.since(domain, clock_at)
+        return age if age is not None else self.at - wall_at
 
     def processes_of(self, run: str, token: int | None) -> list[ProcessRecord]:
         return [p for p in self.processes if p.run == run and p.token == token]
 
-    def alive(self, pid: int, start_time: float) -> bool:
-        key = (pid, start_time)
+    def alive(self, pid: int, start_ticks: int | None) -> bool:
+        key = (pid, start_ticks)
         if key not in self._alive:
-            self._alive[key] = is_same_process_alive(pid, start_time)
+            self._alive[key] = is_same_process_alive(pid, start_ticks)
         return self._alive[key]
 
     def descendants(self, pid: int) -> set[int]:

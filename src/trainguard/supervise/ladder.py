@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from trainguard._os.identity import is_same_process_alive, same_start_time
+from trainguard._os.identity import is_same_process_alive, process_start_ticks
 
 _VERIFY_TIMEOUT = 10.0
 
@@ -26,8 +26,9 @@ _VERIFY_TIMEOUT = 10.0
 @dataclass(frozen=True)
 class Target:
     pid: int
-    start_time: float
+    start_ticks: int | None  # since boot: with the pid, the identity (None: unknown, never signalled)
     role: str = ""
+    uid: int | None = None  # the uid it must run as (checked before signalling, see _verify)
 
 
 @dataclass
@@ -76,7 +77,7 @@ class _Pinned:
         if self.fd is not None:
             readable, _, _ = select.select([self.fd], [], [], 0)
             return bool(readable)
-        return not is_same_process_alive(self.target.pid, self.target.start_time)
+        return not is_same_process_alive(self.target.pid, self.target.start_ticks)
 
     def close(self) -> None:
         if self.fd is not None:
@@ -93,26 +94,23 @@ def _pin(target: Target) -> tuple[_Pinned | None, str]:
             return None, "already gone"
         except OSError:
             fd = None
+    started = process_start_ticks(target.pid)
+    why = ""
+    if started is None:
+        why = "already gone"
+    elif started != target.start_ticks:
+        why = f"pid {target.pid} is now a process started at tick {started}, not {target.start_ticks}"
+    elif not is_same_process_alive(target.pid, started):
+        why = "already gone (zombie)"
+    if why:
+        if fd is not None:
+            os.close(fd)
+        return None, why
     try:
-        proc = psutil.Process(target.pid)
-        started = proc.create_time()
-        zombie = proc.status() == psutil.STATUS_ZOMBIE
+        proc = None if fd is not None else psutil.Process(target.pid)
     except psutil.Error:
-        if fd is not None:
-            os.close(fd)
         return None, "already gone"
-    if not same_start_time(started, target.start_time):
-        if fd is not None:
-            os.close(fd)
-        return (
-            None,
-            f"pid {target.pid} is now a process started at {started:.2f}, not {target.start_time:.2f}",
-        )
-    if zombie:
-        if fd is not None:
-            os.close(fd)
-        return None, "already gone (zombie)"
-    return _Pinned(target, fd, None if fd is not None else proc), ""
+    return _Pinned(target, fd, proc), ""
 
 
 def expand(targets: list[Target]) -> list[Target]:
@@ -121,7 +119,7 @@ def expand(targets: list[Target]) -> list[Target]:
     seen = {t.pid for t in targets}
     result = list(targets)
     for target in targets:
-        if not is_same_process_alive(target.pid, target.start_time):
+        if not is_same_process_alive(target.pid, target.start_ticks):
             continue
         try:
             children = psutil.Process(target.pid).children(recursive=True)
@@ -130,11 +128,10 @@ def expand(targets: list[Target]) -> list[Target]:
         for child in children:
             if child.pid in seen:
                 continue
-            try:
-                result.append(Target(child.pid, child.create_time(), "descendant"))
+            started = process_start_ticks(child.pid)
+            if started is not None:
+                result.append(Target(child.pid, started, "descendant", target.uid))
                 seen.add(child.pid)
-            except psutil.Error:
-                continue
     return result
 
 

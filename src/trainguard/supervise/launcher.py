@@ -225,7 +225,10 @@ class Launcher:
             beat_every=lease.renewal_interval(self.config.monitoring.heartbeat_interval),
             watch_dir=self.options.watch_dir or store_path,
         )
-        child_target = Target(child.pid, ProcessIdentity.of(child.pid).start_time, ProcessRole.CHILD.value)
+        child_identity = ProcessIdentity.of(child.pid)
+        child_target = Target(
+            child.pid, child_identity.start_ticks, ProcessRole.CHILD.value, child_identity.uid
+        )
         next_beat = next_watch = 0.0
         forwarded_at: float | None = None
         while True:
@@ -323,13 +326,12 @@ class Launcher:
 
         targets = []
         for proc in psutil.Process().children(recursive=True):
-            try:
-                targets.append(Target(proc.pid, proc.create_time(), "leftover"))
-            except psutil.Error:
-                continue
+            identity = ProcessIdentity.of(proc.pid)
+            if identity.start_ticks:
+                targets.append(Target(proc.pid, identity.start_ticks, "leftover", identity.uid))
         known = {t.pid for t in targets}
         targets += [
-            Target(e.pid, e.start_time, "marked")
+            Target(e.pid, e.start_ticks, "marked", e.uid)
             for e in marked_processes()
             if e.marker == self.run and e.token == token and e.pid not in known
         ]

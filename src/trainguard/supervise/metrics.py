@@ -90,7 +90,8 @@ class WatchdogMetrics:
             self.token.labels(run.name).set(lease.token if lease is not None and lease.live else 0)
             beat = snapshot.heartbeats.get(run.name)
             if beat is not None:
-                self.heartbeat_age.labels(run.name).set(snapshot.at - beat["at"])
+                age = snapshot.since(beat.get("clock_domain"), beat.get("clock_at"), beat["at"])
+                self.heartbeat_age.labels(run.name).set(age)
             counts = collections.Counter(dict.fromkeys(CheckpointState, 0))
             counts.update(snapshot.checkpoint_states.get(run.name, {}).values())
             for state, count in counts.items():

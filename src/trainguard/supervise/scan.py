@@ -69,8 +69,8 @@ def owners(snapshot: Snapshot, run: str) -> tuple[int | None, set[int]]:
     lease = snapshot.leases.get(run)
     if lease is None or not lease.held:
         return None, set()
-    identities = [(p.host_key, p.pid, p.start_time) for p in snapshot.processes_of(run, lease.token)]
-    identities.append((lease.holder_host_key, lease.holder_pid, lease.holder_start_time))
+    identities = [(p.host_key, p.pid, p.start_ticks) for p in snapshot.processes_of(run, lease.token)]
+    identities.append((lease.holder_host_key, lease.holder_pid, lease.holder_start_ticks))
     pids: set[int] = set()
     for key, pid, start in identities:
         if key == snapshot.local_key and snapshot.alive(pid, start):
@@ -101,14 +101,14 @@ def scan_run(snapshot: Snapshot, run: RunRecord) -> StoreFindings:
     findings.fenced_attempts = len(refused)
     for event in reversed(refused):
         named = event.detail.get("writer") or {}
-        pid, start = named.get("pid"), named.get("start_time")
+        pid, start = named.get("pid"), named.get("start_ticks")
         if (
             named.get("host_key") != snapshot.local_key
             or not isinstance(pid, int)
             or pid in seen
             or pid in allowed
-            or not isinstance(start, int | float)
-            or not snapshot.alive(pid, float(start))
+            or not isinstance(start, int)
+            or not snapshot.alive(pid, start)
         ):
             continue
         seen.add(pid)

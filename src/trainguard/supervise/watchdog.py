@@ -117,12 +117,12 @@ class Watchdog:
 
     def _local_targets(self, snapshot: Snapshot, lease: LeaseInfo) -> list[Target]:
         targets = [
-            Target(p.pid, p.start_time, p.role)
+            Target(p.pid, p.start_ticks, p.role, p.uid)
             for p in snapshot.processes_of(lease.run, lease.token)
             if p.host_key == self.me.host_key
         ]
         if lease.holder_host_key == self.me.host_key and lease.holder_pid not in {t.pid for t in targets}:
-            targets.append(Target(lease.holder_pid, lease.holder_start_time, "holder"))
+            targets.append(Target(lease.holder_pid, lease.holder_start_ticks, "holder", lease.holder_uid))
         return targets
 
     def check_run(self, snapshot: Snapshot, run: RunRecord) -> Finding | None:
@@ -130,7 +130,7 @@ class Watchdog:
         if lease is None or lease.state is not LeaseState.HELD or lease.holder_host_key != self.me.host_key:
             return None
         targets = self._local_targets(snapshot, lease)
-        alive = [t for t in targets if snapshot.alive(t.pid, t.start_time)]
+        alive = [t for t in targets if snapshot.alive(t.pid, t.start_ticks)]
         if not alive:
             return Finding(
                 run.name,
@@ -140,10 +140,14 @@ class Watchdog:
                 {"targets": [t.__dict__ for t in targets]},
             )
         beat = snapshot.heartbeats.get(run.name) or {}
-        now = snapshot.at
         stale_after = max(3 * heartbeat_interval(run.limits), lease.ttl)
-        beat_at = beat.get("at") if beat.get("token") == lease.token else None
-        age = now - (beat_at or lease.acquired_at)
+        current = beat.get("token") == lease.token
+        # Ages in the registry's clock (a wall-clock step must not make every heartbeat look stale); a row
+        # from another clock domain or before schema 3 falls back to wall clocks.
+        if current:
+            age = snapshot.since(beat.get("clock_domain"), beat.get("clock_at"), beat["at"])
+        else:  # nothing beat for this token yet: since the lease was granted or last renewed
+            age = snapshot.since(lease.clock_domain, lease.expires_at - lease.ttl, lease.acquired_at)
         evidence: dict[str, Any] = {
             "heartbeat_age": round(age, 3),
             "token": lease.token,
@@ -162,9 +166,9 @@ class Watchdog:
                 evidence,
             )
         progress = beat.get("last_progress_age")
-        if isinstance(progress, int | float) and beat_at is not None:
+        if isinstance(progress, int | float) and current:
             stall = _setting(run, "stall_timeout", DEFAULT_STALL_TIMEOUT) * (2 if beat.get("saving") else 1)
-            progress_age = progress + (now - beat_at)
+            progress_age = progress + age
             evidence["progress_age"] = round(progress_age, 3)
             if progress_age > stall:
                 return Finding(
@@ -211,13 +215,13 @@ class Watchdog:
             if lease is not None and lease.held and lease.token == token:
                 owned = any(
                     p.role in (ProcessRole.LAUNCHER, ProcessRole.GUARD)
-                    and snapshot.alive(p.pid, p.start_time)
+                    and snapshot.alive(p.pid, p.start_ticks)
                     for p in snapshot.processes_of(run, token)
                     if p.host_key == snapshot.local_key
                 )
             if owned:
                 continue
-            targets = [Target(e.pid, e.start_time, "orphan") for e in members]
+            targets = [Target(e.pid, e.start_ticks, "orphan", e.uid) for e in members]
             findings.append(
                 Finding(
                     run,
@@ -238,7 +242,7 @@ class Watchdog:
                 run.name,
                 Violation.ROGUE,
                 suspect.why,
-                [Target(suspect.evidence.pid, suspect.evidence.start_time, "rogue")],
+                [Target(suspect.evidence.pid, suspect.evidence.start_ticks, "rogue", suspect.evidence.uid)],
                 {"process": suspect.evidence.as_dict()},
                 revoke=False,
                 act=kill and suspect.killable,
