@@ -179,3 +179,39 @@ def test_runtime_is_charged_once_when_a_guard_takes_over_the_accounting(tmp_path
         guard_stopped = next(e for e in events if e.kind == "guard_stopped")
         spent = registry.run("once").runtime_spent
     assert spent <= guard_stopped.at - launched.at + 0.5
+
+
+@pytest.mark.parametrize("containment", ["cgroup", "record"])
+def test_an_escapee_without_the_marker_is_found_after_the_launcher_is_killed(
+    tmp_path: Path, containment: str
+) -> None:
+    # A descendant that drops everything the launcher gave it (double fork, setsid, `env -i`) is still the
+    # run's: by its cgroup, or - where no cgroup can be made - by the launcher's record of its descendants.
+    config = write_config(tmp_path, "escape", monitoring={"heartbeat_interval": "0.1s", "lease_ttl": "1s"})
+    out = tmp_path / "escapee"
+    env = {**os.environ, "TRAINGUARD_CGROUP": "on" if containment == "cgroup" else "off"}
+    command = _run("-c", str(config), "--", *helper_command("escapee.py", str(out)))
+    escapee: tuple[int, int] | None = None
+    with spawned(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env) as launcher:
+        try:
+            wait_until(out.exists, timeout=30, what="the escapee")
+            pid_text, ticks_text = out.read_text().split()
+            escapee = int(pid_text), int(ticks_text)
+            assert "TRAINGUARD_RUN_ID" not in psutil.Process(escapee[0]).environ()  # no marker to find
+            with Registry.open(_url(tmp_path)) as registry:
+                started = next(e for e in registry.events("escape") if e.kind == "launcher_started")
+                if containment == "cgroup":
+                    assert started.detail["contained_by"].startswith("cgroup")
+                else:
+                    assert started.detail["contained_by"] == "a record of descendants in the store"
+                    record = tmp_path / "store" / ".trainguard" / f"escape.t{started.token}.descendants"
+                    wait_until(lambda: pid_text in record.read_text() if record.exists() else False)
+                os.kill(launcher.pid, signal.SIGKILL)  # no clean-up from the launcher
+                launcher.wait(timeout=10)
+                report = Watchdog(registry, interval=1.0, scan_rogues=False).sweep()
+            assert "orphan" in [f.reason for f in report.findings]
+            wait_until(lambda: not is_same_process_alive(*escapee), timeout=10, what="the escapee to go")
+            assert not list(Path("/sys/fs/cgroup").rglob("trainguard.escape.t*"))  # and its cgroup with it
+        finally:
+            if escapee is not None and is_same_process_alive(*escapee):  # the test failed: never leave it
+                os.kill(escapee[0], signal.SIGKILL)

@@ -17,6 +17,9 @@ from trainguard.errors import InvalidArgument, InvalidName
 # launcher's effective config. Never a checkpoint (a leading dot is refused in names).
 META_DIRECTORY = ".trainguard"
 DEFAULT_REGISTRY_FILE = "registry.db"
+# <store>/.trainguard/store.json: which registry this store belongs to (its id), written when a writer first
+# opens the store; the watchdog trusts files under a store only when the store is bound to its registry.
+BINDING_FILE = "store.json"
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 MAX_NAME_LENGTH = 128
@@ -47,6 +50,13 @@ def meta_directory(store: str | Path) -> Path:
     return Path(store) / META_DIRECTORY
 
 
+def registry_files(store: str | Path) -> list[Path]:
+    """The default SQLite registry's files: every trainguard command holds them open, so holding them proves
+    nothing about a process."""
+    base = meta_directory(store) / DEFAULT_REGISTRY_FILE
+    return [base, *(base.with_name(base.name + suffix) for suffix in ("-wal", "-shm", "-journal"))]
+
+
 def default_registry_url(store: str | Path) -> str:
     """The SQLite registry a store has when no other is configured: ``<store>/.trainguard/registry.db``."""
     return f"sqlite:///{meta_directory(Path(store).resolve()) / DEFAULT_REGISTRY_FILE}"
@@ -65,11 +75,13 @@ def episode_pattern(parameter: str, pattern: str) -> re.Pattern[str]:
 
 
 __all__ = [
+    "BINDING_FILE",
     "DEFAULT_REGISTRY_FILE",
     "MAX_NAME_LENGTH",
     "META_DIRECTORY",
     "default_registry_url",
     "episode_pattern",
     "meta_directory",
+    "registry_files",
     "validate_name",
 ]

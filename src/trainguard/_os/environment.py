@@ -8,7 +8,8 @@ from __future__ import annotations
 RUN_ID = "TRAINGUARD_RUN_ID"
 LEASE_TOKEN = "TRAINGUARD_LEASE_TOKEN"  # noqa: S105 - a fencing token, not a secret
 REGISTRY = "TRAINGUARD_REGISTRY"
+REGISTRY_ID = "TRAINGUARD_REGISTRY_ID"  # with RUN_ID, the marker: which run of *which* registry
 CONFIG = "TRAINGUARD_CONFIG"
 LAUNCHER_PID = "TRAINGUARD_LAUNCHER_PID"
 
-__all__ = ["CONFIG", "LAUNCHER_PID", "LEASE_TOKEN", "REGISTRY", "RUN_ID"]
+__all__ = ["CONFIG", "LAUNCHER_PID", "LEASE_TOKEN", "REGISTRY", "REGISTRY_ID", "RUN_ID"]

@@ -13,4 +13,32 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-__all__ = ["write_atomically"]
+class HeldFile:
+    """A small file written atomically and then held open for as long as this object lives.
+
+    An open descriptor on a file under a run's store is something the kernel shows (``/proc/PID/fd``) and a
+    registry client cannot forge: it is how a Guard or a launcher proves to the watchdog that it belongs to
+    the run (trainguard.supervise._membership).
+    """
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        write_atomically(path, text)
+        self._fd: int | None = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def remove(self, *, if_text: str) -> None:
+        """Close, and remove the file if it still says ``if_text`` (another process may have replaced it)."""
+        self.close()
+        try:
+            if self.path.read_text() == if_text:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+__all__ = ["HeldFile", "write_atomically"]

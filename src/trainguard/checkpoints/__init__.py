@@ -4,6 +4,7 @@ docs/design.md, "The commit protocol" and "Recovery")."""
 from __future__ import annotations
 
 from trainguard.checkpoints import retention
+from trainguard.checkpoints._binding import bound_to
 from trainguard.checkpoints._context import Validation, Validator
 from trainguard.checkpoints._reading import Problem, VerifyReport
 from trainguard.checkpoints._recovery import RecoveryReport
@@ -26,6 +27,7 @@ __all__ = [
     "Validator",
     "VerifyReport",
     "adopt_directory",
+    "bound_to",
     "default_name",
     "retention",
 ]

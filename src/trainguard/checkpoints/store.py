@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from trainguard.checkpoints import retention
+from trainguard.checkpoints._binding import bind, check_binding
 from trainguard.checkpoints._commit import SaveRequest, commit
 from trainguard.checkpoints._context import StoreContext, Validation
 from trainguard.checkpoints._quarantine import discard, quarantine_path, release_path
@@ -108,6 +109,14 @@ class CheckpointStore:
         self.foreign_grace = foreign_grace
         self._context = StoreContext(self.root, self.run, self.registry, format, validation or Validation())
         self._last_saved: str | None = None
+        try:
+            if create_run:
+                bind(self.root, self.registry.registry_id, self.registry.url)
+            else:
+                check_binding(self.root, self.registry.registry_id, self.registry.url)
+        except BaseException:
+            self.close()
+            raise
         if not create_run and self.registry.run_info(self.run) is None:
             self.close()
             raise RunNotFound(self.run, self.registry.url)

@@ -4,6 +4,7 @@ for it - each verified by pid and start time, nothing else."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from trainguard._os.identity import host_key
 from trainguard.cli._common import (
@@ -17,7 +18,7 @@ from trainguard.cli._common import (
 from trainguard.errors import ExitCode
 from trainguard.names import validate_name
 from trainguard.registry import EventKind, Registry
-from trainguard.supervise import Target, run_ladder
+from trainguard.supervise import Membership, Target, run_ladder
 
 
 def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
@@ -32,7 +33,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     run = validate_name(args.run, "run")
     grace = duration_arg("--grace", args.grace)
     with Registry.open(registry_url(args)) as registry:
-        registry.run(run)  # an unknown run is an error, not "nothing to stop"
+        record = registry.run(run)  # an unknown run is an error, not "nothing to stop"
         lease = registry.lease_info(run)
         # Revoke first: from this moment nothing the run writes can be committed, whatever the signals do.
         revoked = registry.revoke(run, f"trainguard stop: {args.reason}")
@@ -47,7 +48,9 @@ def cmd_stop(args: argparse.Namespace) -> int:
             if token is not None
             else []
         )
-        result = run_ladder(targets, grace=grace) if targets else None
+        # Rows say which processes; the kernel says whether they are the run's (uid, marker, cgroup, files).
+        membership = Membership(run, Path(record.store) if record.store else None, registry.registry_id)
+        result = run_ladder(targets, grace=grace, allow=membership.refusal) if targets else None
         registry.add_event(
             run,
             EventKind.STOPPED_BY_OPERATOR,

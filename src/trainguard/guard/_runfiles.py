@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trainguard._os.files import write_atomically
+from trainguard._os.files import HeldFile, write_atomically
 
 
 class RunFiles:
@@ -20,20 +20,19 @@ class RunFiles:
         directory.mkdir(parents=True, exist_ok=True)
         self.pid_file = directory / f"{run}.pid"
         self.heartbeat_file = directory / f"{run}_heartbeat.json"
+        self._pid: HeldFile | None = None
 
     def write_pid(self) -> None:
-        write_atomically(self.pid_file, f"{os.getpid()}\n")
+        # Held open while the Guard runs: the watchdog's proof that this process belongs to the run.
+        self._pid = HeldFile(self.pid_file, f"{os.getpid()}\n")
 
     def write_heartbeat(self, body: dict[str, Any]) -> None:
         write_atomically(self.heartbeat_file, json.dumps(body, indent=2, sort_keys=True, default=str) + "\n")
 
     def remove(self) -> None:
         # Only our own files: another process of the run may have replaced them after a takeover.
-        try:
-            if self.pid_file.read_text().strip() == str(os.getpid()):
-                self.pid_file.unlink()
-        except FileNotFoundError:
-            pass
+        if self._pid is not None:
+            self._pid.remove(if_text=f"{os.getpid()}\n")
         try:
             if json.loads(self.heartbeat_file.read_text()).get("pid") == os.getpid():
                 self.heartbeat_file.unlink()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Self
@@ -24,6 +26,7 @@ from trainguard.registry._engine import create_registry_engine, redact
 from trainguard.registry._records import EventRecord, RunRecord
 from trainguard.registry._states import EventKind
 
+REGISTRY_ID = "registry_id"
 # Built once: constructing Core statements costs more than executing them on SQLite.
 _INSERT_EVENT = insert(t.events)
 
@@ -63,6 +66,16 @@ class RegistryCore:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
+    @functools.cached_property
+    def registry_id(self) -> str:
+        """This registry's own id, made when its schema was installed: a store records the id of the registry
+        it belongs to, so neither can be swapped under the other unnoticed."""
+        with self._reading() as conn:
+            value = conn.execute(select(t.meta.c.value).where(t.meta.c.key == REGISTRY_ID)).scalar()
+        if value is None:
+            raise RegistryError(self.url, "has no registry id (tg_meta); was it created by another tool?")
+        return str(value)
+
     @property
     def identity(self) -> ProcessIdentity:
         # Re-read after fork: a child must never record its parent's pid as the actor.
@@ -81,6 +94,7 @@ class RegistryCore:
                     conn.execute(
                         insert(t.schema_version).values(version=t.SCHEMA_VERSION, installed_at=time.time())
                     )
+                    conn.execute(insert(t.meta).values(key=REGISTRY_ID, value=uuid.uuid4().hex))
                 elif max(found) > t.SCHEMA_VERSION:
                     raise RegistryError(
                         self.url,
@@ -93,6 +107,8 @@ class RegistryCore:
                     conn.execute(
                         insert(t.schema_version).values(version=t.SCHEMA_VERSION, installed_at=time.time())
                     )
+                    if conn.execute(select(t.meta.c.key).where(t.meta.c.key == REGISTRY_ID)).first() is None:
+                        conn.execute(insert(t.meta).values(key=REGISTRY_ID, value=uuid.uuid4().hex))
         except IntegrityError:
             # Two processes created the schema at once; the other one inserted the version row.
             pass

@@ -5,6 +5,7 @@ watchdog"). Linux first; elsewhere each says so in one line (``NotSupported``)."
 from __future__ import annotations
 
 from trainguard._os.identity import is_same_process_alive
+from trainguard.supervise._membership import Membership
 from trainguard.supervise._procs import Evidence, holders_under, marked_processes
 from trainguard.supervise.ladder import LadderResult, Target, run_ladder
 from trainguard.supervise.launcher import Launcher, LaunchOptions, LaunchResult
@@ -19,6 +20,7 @@ __all__ = [
     "LaunchOptions",
     "LaunchResult",
     "Launcher",
+    "Membership",
     "StoreFindings",
     "Suspect",
     "SweepReport",

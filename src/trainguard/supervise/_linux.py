@@ -39,10 +39,15 @@ def become_subreaper() -> None:
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
-def child_setup(parent_pid: int, rlimits: dict[int, int]) -> Callable[[], None]:
-    """What runs in the child between fork and exec: die with the launcher, apply rlimits."""
+def child_setup(
+    parent_pid: int, rlimits: dict[int, int], join: Callable[[], None] | None = None
+) -> Callable[[], None]:
+    """What runs in the child between fork and exec: join the run's cgroup, die with the launcher, apply
+    rlimits."""
 
     def setup() -> None:
+        if join is not None:
+            join()
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         # The launcher may have died between fork and prctl: then the death signal would never come.
         if os.getppid() != parent_pid:

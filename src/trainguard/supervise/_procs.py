@@ -13,6 +13,7 @@ import psutil
 
 from trainguard._os import environment
 from trainguard._os.identity import ProcessIdentity, wall_start
+from trainguard.supervise._cgroup import cgroup_of, parse_name
 
 MARKER = environment.RUN_ID
 TOKEN_MARKER = environment.LEASE_TOKEN
@@ -32,6 +33,14 @@ class Evidence:
     cwd: str | None = None
     marker: str | None = None
     token: int | None = None
+    registry_id: str | None = None  # of the registry whose launcher set the marker
+
+    def run_mark(self, registry_id: str) -> tuple[str, int | None] | None:
+        """(run, token) this process belongs to by its marker (for ``registry_id``) or, whatever its
+        environment, by the run cgroup it sits in; None when neither says."""
+        if self.marker is not None and self.registry_id in (None, registry_id):
+            return self.marker, self.token
+        return parse_name(self.cgroup)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -46,16 +55,19 @@ class Evidence:
             "cwd": self.cwd,
             "marker": self.marker,
             "token": self.token,
+            "registry_id": self.registry_id,
         }
 
 
-def _environ_marker(proc: psutil.Process) -> tuple[str | None, int | None]:
+def _environ_marker(proc: psutil.Process) -> tuple[str | None, int | None, str | None]:
+    """(run, token, registry id) from the launcher's marker in the environment the process started with."""
     try:
         env = proc.environ()
     except (psutil.Error, OSError):
-        return None, None
+        return None, None, None
     token = env.get(TOKEN_MARKER)
-    return env.get(MARKER), int(token) if token and token.isdigit() else None
+    number = int(token) if token and token.isdigit() else None
+    return env.get(MARKER), number, env.get(environment.REGISTRY_ID)
 
 
 def parent_chain(proc: psutil.Process, depth: int = 8) -> list[str]:
@@ -71,15 +83,16 @@ def parent_chain(proc: psutil.Process, depth: int = 8) -> list[str]:
     return chain
 
 
-def cgroup_of(pid: int) -> str:
+def cgroup_path(pid: int) -> str:
+    """The cgroup to show for a process: its cgroup2 path if it has one below the root, else the memory
+    controller's (cgroup v1)."""
+    unified = cgroup_of(pid)
+    if unified not in (None, "/"):
+        return unified or ""
     try:
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
     except OSError:
         return ""
-    # cgroup v2 line "0::/path" first if present, else the memory controller's path.
-    for line in lines:
-        if line.startswith("0::") and line != "0::/":
-            return line[3:]
     for line in lines:
         if ":memory:" in line:
             return line.split(":", 2)[2]
@@ -88,7 +101,7 @@ def cgroup_of(pid: int) -> str:
 
 def describe(proc: psutil.Process, *, files: Iterable[str] = (), cwd: str | None = None) -> Evidence:
     """What can be seen of ``proc`` now; raises ``psutil.NoSuchProcess`` when it has gone."""
-    marker, token = _environ_marker(proc)
+    marker, token, registry_id = _environ_marker(proc)
     try:
         cmdline = proc.cmdline()
     except psutil.Error:
@@ -102,11 +115,12 @@ def describe(proc: psutil.Process, *, files: Iterable[str] = (), cwd: str | None
         uid=identity.uid,
         cmdline=cmdline,
         parents=parent_chain(proc),
-        cgroup=cgroup_of(proc.pid),
+        cgroup=cgroup_path(proc.pid),
         files=sorted(files),
         cwd=cwd,
         marker=marker,
         token=token,
+        registry_id=registry_id,
     )
 
 
@@ -119,12 +133,14 @@ def _other_processes() -> Iterator[psutil.Process]:
 
 def marked_processes() -> list[Evidence]:
     """Every process whose environment carries the run marker (inherited by every descendant of
-    ``trainguard run``) - however deeply reparented or detached it is."""
+    ``trainguard run``) or that sits in a run's cgroup - however deeply reparented or detached it is, and
+    even when it dropped its environment."""
     found = []
     for proc in _other_processes():
         try:
-            marker, _ = _environ_marker(proc)
-            if marker is not None and proc.status() != psutil.STATUS_ZOMBIE:
+            marker, _, _ = _environ_marker(proc)
+            marked = marker is not None or parse_name(cgroup_of(proc.pid) or "") is not None
+            if marked and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(describe(proc))
         except psutil.Error:
             continue
@@ -189,7 +205,7 @@ __all__ = [
     "MARKER",
     "TOKEN_MARKER",
     "Evidence",
-    "cgroup_of",
+    "cgroup_path",
     "descendants",
     "describe",
     "holders_under",

@@ -54,7 +54,8 @@ class Snapshot:
         runs = registry.runs() if runs is None else runs
         # Resolved once here: realpath costs more than everything else a sweep does per store.
         stores = [Path(os.path.realpath(r.store)) for r in runs if r.store and os.path.isdir(r.store)]
-        # The registry database under each store is opened by every trainguard command: not evidence.
+        # trainguard's own files under each store (the registry every command opens, the run files Guards
+        # and launchers hold) are not checkpoint writes: not evidence of a rogue writer.
         registries = [meta_directory(store) for store in stores]
         # /proc first, the registry second: launchers register themselves before they spawn, so every
         # marked process or holder seen here already has its owner's row by the time the rows are read.

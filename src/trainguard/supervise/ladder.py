@@ -14,6 +14,7 @@ import os
 import select
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psutil
@@ -135,6 +136,24 @@ def expand(targets: list[Target]) -> list[Target]:
     return result
 
 
+def _pin_all(
+    targets: list[Target], allow: Callable[[Target], str | None] | None, result: LadderResult
+) -> list[_Pinned]:
+    """Pin each target that is still the process it names and that ``allow`` lets through; the others go
+    to ``result.skipped`` with the reason."""
+    pinned = []
+    for target in targets:
+        handle, why = _pin(target)
+        if handle is not None and allow is not None and (refused := allow(target)) is not None:
+            handle.close()
+            handle, why = None, refused
+        if handle is None:
+            result.skipped.append((target.pid, why))
+        else:
+            pinned.append(handle)
+    return pinned
+
+
 def _wait_gone(pinned: list[_Pinned], timeout: float) -> list[_Pinned]:
     deadline = time.monotonic() + timeout
     remaining = [p for p in pinned if not p.gone()]
@@ -150,18 +169,25 @@ def _wait_gone(pinned: list[_Pinned], timeout: float) -> list[_Pinned]:
 
 
 def run_ladder(
-    targets: list[Target], *, grace: float, dry_run: bool = False, descendants: bool = True
+    targets: list[Target],
+    *,
+    grace: float,
+    dry_run: bool = False,
+    descendants: bool = True,
+    allow: Callable[[Target], str | None] | None = None,
 ) -> LadderResult:
-    """SIGTERM every verified target, wait up to ``grace``, SIGKILL what is left, verify all are gone."""
+    """SIGTERM every verified target, wait up to ``grace``, SIGKILL what is left, verify all are gone.
+
+    ``allow`` says why a target (or a descendant found below one) must not be signalled, or None: what it
+    refuses is never expanded or signalled, only reported in ``skipped``.
+    """
     result = LadderResult(dry_run=dry_run)
-    everyone = expand(targets) if descendants else list(targets)
-    pinned: list[_Pinned] = []
-    for target in everyone:
-        handle, why = _pin(target)
-        if handle is None:
-            result.skipped.append((target.pid, why))
-        else:
-            pinned.append(handle)
+    # Who it is first (pid and start ticks, pinned by a pidfd), then whether it may be signalled.
+    pinned = _pin_all(targets, allow, result)
+    if descendants:
+        seen = {p.target.pid for p in pinned} | {pid for pid, _ in result.skipped}
+        below = [t for t in expand([p.target for p in pinned]) if t.pid not in seen]
+        pinned += _pin_all(below, allow, result)
     try:
         if dry_run:
             result.signals = [(p.target.pid, "SIGTERM (dry run)") for p in pinned]

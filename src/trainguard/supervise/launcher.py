@@ -33,6 +33,7 @@ from trainguard.guard import REFUSALS, Stop, StopReason
 from trainguard.names import episode_pattern, meta_directory
 from trainguard.registry import EventKind, Lease, ProcessRole, Registry
 from trainguard.supervise import _linux as linux
+from trainguard.supervise._containment import Containment
 from trainguard.supervise._procs import marked_processes
 from trainguard.supervise._progress_line import ProgressLine
 from trainguard.supervise._reaping import reap_children, signal_group, wait_reaped
@@ -148,12 +149,15 @@ class Launcher:
         write_atomically(path, yaml.safe_dump(body, sort_keys=True))
         return path
 
-    def _spawn(self, lease: Lease, url: str, store_path: Path) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, registry: Registry, lease: Lease, url: str, store_path: Path, containment: Containment
+    ) -> subprocess.Popen[bytes]:
         env = {
             **os.environ,
             environment.RUN_ID: self.run,
             environment.LEASE_TOKEN: str(lease.token),
             environment.REGISTRY: url,
+            environment.REGISTRY_ID: registry.registry_id,
             environment.CONFIG: str(self._effective_config_file(store_path)),
             environment.LAUNCHER_PID: str(os.getpid()),
         }
@@ -163,7 +167,9 @@ class Launcher:
                 env=env,
                 start_new_session=True,
                 # Safe here: the launcher has started no thread yet (preexec in a threaded parent is not).
-                preexec_fn=linux.child_setup(os.getpid(), self.options.rlimits),  # noqa: PLW1509
+                preexec_fn=linux.child_setup(  # noqa: PLW1509
+                    os.getpid(), self.options.rlimits, containment.child_hook()
+                ),
             )
         except FileNotFoundError as error:
             raise InvalidArgument("command", self.options.command[0], "not found") from error
@@ -177,7 +183,9 @@ class Launcher:
         # Registered *before* the child exists: from its first instant the child carries the run marker, and
         # a watchdog sweeping right then must find a live owner for it, not an orphan.
         ids = [registry.register_process(self.run, lease.token, ProcessRole.LAUNCHER, registry.identity)]
-        child = self._spawn(lease, url, store_path)
+        # The run's cgroup (or a record of descendants), made before the child: nothing it starts escapes.
+        containment = Containment(store_path, self.run, lease.token)
+        child = self._spawn(registry, lease, url, store_path, containment)
         ids.append(
             registry.register_process(
                 self.run, lease.token, ProcessRole.CHILD, ProcessIdentity.of(child.pid), pgid=child.pid
@@ -187,19 +195,22 @@ class Launcher:
             self.run,
             EventKind.LAUNCHER_STARTED,
             token=lease.token,
-            detail={"command": self.options.command, "child_pid": child.pid},
+            detail={"command": self.options.command, "child_pid": child.pid, "contained_by": containment.how},
         )
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         runtime = Runtime(self.settings.get("max_runtime"), registry.run(self.run).runtime_spent)
         status, ladder, seen = None, None, None
         try:
             with self._line:
-                ladder, seen = self._loop(registry, lease, child, runtime, store_path)
+                ladder, seen = self._loop(
+                    registry, lease, child, runtime, store_path, containment=containment
+                )
             status = child.returncode if child.returncode is not None else wait_reaped(child)
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            leftovers = self._kill_leftovers(lease.token)
+            leftovers = self._kill_leftovers(lease.token, containment)
+            containment.close()
             if leftovers is not None and ladder is None:
                 ladder = leftovers
             if self.progress.legacy and runtime.charged:  # settle the prepay: charge what was spent
@@ -218,6 +229,8 @@ class Launcher:
         child: subprocess.Popen[bytes],
         runtime: Runtime,
         store_path: Path,
+        *,
+        containment: Containment,
     ) -> tuple[LadderResult | None, int | None]:
         """Supervise until the child exits (or is stopped); returns the ladder used, if any, and the highest
         episode seen in watched files."""
@@ -252,6 +265,7 @@ class Launcher:
             if forwarded_at is None and time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + progress.beat_every
                 self._beat(registry, lease, runtime, child.pid, progress)
+                containment.observe()
                 self._line.update(registry)
             if self.stop is not None and forwarded_at is None:
                 # A budget or lease stop (a forwarded signal waits for the child above instead).
@@ -320,15 +334,10 @@ class Launcher:
             self.stop = Stop(reason, detail)
             log.warning("trainguard run: stopping %r: %s", self.run, self.stop)
 
-    def _kill_leftovers(self, token: int) -> LadderResult | None:
-        """Every descendant still alive (re-parented to us as subreaper) or still carrying our marker."""
-        import psutil
-
-        targets = []
-        for proc in psutil.Process().children(recursive=True):
-            identity = ProcessIdentity.of(proc.pid)
-            if identity.start_ticks:
-                targets.append(Target(proc.pid, identity.start_ticks, "leftover", identity.uid))
+    def _kill_leftovers(self, token: int, containment: Containment) -> LadderResult | None:
+        """Every descendant still alive (re-parented to us as subreaper), in the run's cgroup, or still
+        carrying our marker."""
+        targets = containment.leftovers()
         known = {t.pid for t in targets}
         targets += [
             Target(e.pid, e.start_ticks, "marked", e.uid)

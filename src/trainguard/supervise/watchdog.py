@@ -11,6 +11,7 @@ reason, the signals and the evidence; ``dry_run`` records the same event and tou
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,7 +22,10 @@ from trainguard._os.identity import ProcessIdentity
 from trainguard._os.resources import tree_bytes, tree_rss
 from trainguard.budget import Budget, EffectiveLimits, heartbeat_interval, over_ceiling, overruns
 from trainguard.registry import EventKind, LeaseInfo, LeaseState, ProcessRole, Registry, RunRecord
+from trainguard.supervise import _descendants
+from trainguard.supervise._cgroup import RunCgroup, parse_name
 from trainguard.supervise._linux import require_linux
+from trainguard.supervise._membership import Membership
 from trainguard.supervise._snapshot import Snapshot
 from trainguard.supervise.ladder import LadderResult, Target, run_ladder
 from trainguard.supervise.scan import StoreFindings, scan_run
@@ -123,6 +127,13 @@ class Watchdog:
         ]
         if lease.holder_host_key == self.me.host_key and lease.holder_pid not in {t.pid for t in targets}:
             targets.append(Target(lease.holder_pid, lease.holder_start_ticks, "holder", lease.holder_uid))
+        # What the run's cgroup holds, whatever escaped the process tree (setsid, env -i).
+        known = {t.pid for t in targets}
+        targets += [
+            Target(e.pid, e.start_ticks, "cgroup", e.uid)
+            for e in snapshot.marked
+            if e.pid not in known and parse_name(e.cgroup) == (lease.run, lease.token)
+        ]
         return targets
 
     def check_run(self, snapshot: Snapshot, run: RunRecord) -> Finding | None:
@@ -199,41 +210,55 @@ class Watchdog:
         return None
 
     def orphans(self, snapshot: Snapshot) -> list[Finding]:
-        """Processes carrying a run's marker whose run has no live launcher or guard for their token."""
-        known = {r.name for r in snapshot.runs}
-        groups: dict[tuple[str, int | None], list[Any]] = defaultdict(list)
-        for evidence in snapshot.marked:
-            groups[(evidence.marker or "", evidence.token)].append(evidence)
-        findings = []
-        for (run, token), members in groups.items():
-            # Only markers this registry can vouch for: a run it knows, launched with a token. A stray
+        """Processes of a run's token - by its marker, its cgroup, or the launcher's record of descendants -
+        when that token has no live launcher or guard."""
+        known = {r.name: r for r in snapshot.runs}
+        groups: dict[tuple[str, int], list[Target]] = defaultdict(list)
+        evidence: dict[tuple[str, int], list[dict[str, object]]] = defaultdict(list)
+        for seen in snapshot.marked:
+            # Only marks this registry can vouch for: a run it knows, launched with a token. A stray
             # TRAINGUARD_RUN_ID in someone's shell, or a run of another registry, is none of our business.
-            if run not in known or token is None:
+            mark = seen.run_mark(self.registry.registry_id)
+            if mark is None or mark[0] not in known or mark[1] is None:
+                continue
+            key = (mark[0], mark[1])
+            groups[key].append(Target(seen.pid, seen.start_ticks, "orphan", seen.uid))
+            evidence[key].append(seen.as_dict())
+        for record in known.values():
+            for token, (_, listed) in _recorded_descendants(record).items():
+                key = (record.name, token)
+                present = {t.pid for t in groups.get(key, [])}
+                for pid, ticks in listed:
+                    if pid not in present and snapshot.alive(pid, ticks):
+                        groups[key].append(Target(pid, ticks, "orphan"))
+                        evidence[key].append({"pid": pid, "start_ticks": ticks, "recorded": True})
+        findings = []
+        for (run, token), targets in groups.items():
+            if self._owned(snapshot, run, token):
                 continue
             lease = snapshot.leases.get(run)
-            owned = False
-            if lease is not None and lease.held and lease.token == token:
-                owned = any(
-                    p.role in (ProcessRole.LAUNCHER, ProcessRole.GUARD)
-                    and snapshot.alive(p.pid, p.start_ticks)
-                    for p in snapshot.processes_of(run, token)
-                    if p.host_key == snapshot.local_key
-                )
-            if owned:
-                continue
-            targets = [Target(e.pid, e.start_ticks, "orphan", e.uid) for e in members]
             findings.append(
                 Finding(
                     run,
                     Violation.ORPHAN,
-                    f"{len(members)} process(es) carry the marker of run {run!r} "
-                    f"(token {token}), which has no live launcher or guard for that token",
+                    f"{len(targets)} process(es) of run {run!r} (token {token}, by marker, cgroup or the "
+                    "launcher's record) have no live launcher or guard for that token",
                     targets,
-                    {"processes": [e.as_dict() for e in members]},
+                    {"processes": evidence[(run, token)]},
                     revoke=lease is not None and lease.token == token,
                 )
             )
         return findings
+
+    def _owned(self, snapshot: Snapshot, run: str, token: int) -> bool:
+        lease = snapshot.leases.get(run)
+        if lease is None or not lease.held or lease.token != token:
+            return False
+        return any(
+            p.role in (ProcessRole.LAUNCHER, ProcessRole.GUARD) and snapshot.alive(p.pid, p.start_ticks)
+            for p in snapshot.processes_of(run, token)
+            if p.host_key == snapshot.local_key
+        )
 
     def _rogue_findings(self, run: RunRecord, findings: StoreFindings) -> list[Finding]:
         kill = run.limits.get("rogue_action") == "kill"
@@ -251,6 +276,11 @@ class Watchdog:
         ]
 
     # -- acting -----------------------------------------------------------------------------------
+
+    def _membership(self, run: str) -> Membership:
+        record = self.registry.run_info(run)
+        store = Path(record.store) if record is not None and record.store else None
+        return Membership(run, store, self.registry.registry_id)
 
     def act(self, finding: Finding, grace: float) -> LadderResult | None:
         detail = {
@@ -281,12 +311,17 @@ class Watchdog:
             return None
         if finding.revoke:
             self.registry.revoke(finding.run, f"watchdog: {finding.reason}: {finding.detail}")
-        ladder = run_ladder(finding.targets, grace=grace) if finding.targets else None
+        # Rows only say which processes to look at: each is checked from the kernel's side first.
+        allow = self._membership(finding.run).refusal
+        ladder = run_ladder(finding.targets, grace=grace, allow=allow) if finding.targets else None
+        if finding.reason is Violation.ORPHAN:
+            _remove_run_cgroups(finding)  # the launcher that made them died without tidying up
         signals = sorted({name for _, name in ladder.signals}) if ladder else []
+        refused = bool(ladder and ladder.skipped and not ladder.signals)
         self.registry.add_event(
             finding.run,
-            EventKind.WATCHDOG_STOPPED,
-            reason=f"{finding.reason}: {finding.detail}",
+            EventKind.WATCHDOG_REPORT if refused else EventKind.WATCHDOG_STOPPED,
+            reason=f"{finding.reason}: {finding.detail}" + ("; nothing signalled" if refused else ""),
             detail={**detail, "signals": signals, "ladder": ladder.as_dict() if ladder else None},
         )
         log.warning(
@@ -297,6 +332,19 @@ class Watchdog:
             ", ".join(signals) or "no process to signal",
         )
         return ladder
+
+
+def _remove_run_cgroups(finding: Finding) -> None:
+    for seen in finding.evidence.get("processes", []):
+        cgroup = RunCgroup.at(str(seen.get("cgroup") or ""))
+        if cgroup is not None:
+            cgroup.remove()  # only if empty: what the ladder could not stop keeps it
+
+
+def _recorded_descendants(run: RunRecord) -> dict[int, tuple[int, set[tuple[int, int]]]]:
+    if not run.store or not os.path.isdir(run.store):
+        return {}
+    return _descendants.recorded(Path(run.store), run.name)
 
 
 __all__ = ["Finding", "SweepReport", "Violation", "Watchdog"]
