@@ -57,14 +57,19 @@ def fail_fsync(*, directory: bool, under_staging: bool) -> Callable[[int], None]
     return fake
 
 
-def fail_rename_out_of_staging(source: Any, target: Any) -> None:
-    if f"/{STAGING}/" in os.fspath(source):
+def _full(path: Any, dir_fd: int | None) -> str:
+    # The store moves and creates relative to directory descriptors (it follows no symlink below its root).
+    return os.path.join(_fd_path(dir_fd), os.fspath(path)) if dir_fd is not None else os.fspath(path)
+
+
+def fail_rename_out_of_staging(source: Any, target: Any, **kwargs: Any) -> None:
+    if f"/{STAGING}/" in _full(source, kwargs.get("src_dir_fd")):
         raise _eio()
-    _real_rename(source, target)
+    _real_rename(source, target, **kwargs)
 
 
 def fail_mkdir_in_staging(path: Any, *args: Any, **kwargs: Any) -> None:
-    if f"/{STAGING}/" in os.fspath(path):
+    if f"/{STAGING}/" in _full(path, kwargs.get("dir_fd")):
         raise _eio()
     _real_mkdir(path, *args, **kwargs)
 
@@ -171,16 +176,26 @@ def test_registry_failure_after_commit_is_discovered_and_rolled_forward(
         assert os.listdir(store.root / STAGING) == []
 
 
-def test_a_crash_between_commit_and_rename_is_rolled_forward_by_a_reader(
+def test_a_crash_between_commit_and_rename_is_read_in_place_and_rolled_forward_by_a_writer(
     tmp_path: Path, run_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with CheckpointStore(tmp_path / "s", run=run_name) as store:
         lease = store.registry.acquire(run_name, ttl=60)
         monkeypatch.setattr("trainguard.checkpoints._durable.os.rename", fail_rename_out_of_staging)
-        with pytest.raises(CheckpointWriteError):
+        with pytest.raises(CheckpointWriteError) as raised:
             store.save(STATE, episode=3, lease=lease)
+        assert raised.value.committed
         monkeypatch.undo()
-        # A reader in the same process finds the committed row with its directory still staged: load()
-        # rolls it forward first (the writer is alive, but roll-forward is allowed to anyone).
-        loaded = store.load("latest")
-        assert loaded.episode == 3 and (store.root / loaded.name).is_dir()
+        staged = os.listdir(store.root / STAGING)
+        assert len(staged) == 1
+        # A reader finds the committed row with its files still staged: it reads them there (hashes checked)
+        # and moves nothing - readers never write.
+        with CheckpointStore.open_existing(store.root, run=run_name, read_only=True) as reader:
+            loaded = reader.load("latest")
+            assert reader.verify("latest").ok
+        assert loaded.episode == 3 and not (store.root / loaded.name).exists()
+        assert os.listdir(store.root / STAGING) == staged
+        # A writer's open rolls it forward.
+        with CheckpointStore(store.root, run=run_name) as writer:
+            assert writer.recovery.rolled_forward == [loaded.name]
+        assert (store.root / loaded.name).is_dir() and os.listdir(store.root / STAGING) == []

@@ -22,6 +22,7 @@ from trainguard import (
     InvalidName,
     LeaseLost,
     Registry,
+    RegistryNotFound,
     RunNotFound,
     StateConflict,
     retention,
@@ -287,6 +288,11 @@ def test_lease_of_another_run_is_refused(tmp_path: Path, run_name: str) -> None:
 
 
 def test_cli_store_never_creates_a_run(tmp_path: Path) -> None:
+    with pytest.raises(RegistryNotFound, match="no such registry file"):
+        CheckpointStore(tmp_path, run="typo-run", create_run=False)
+    assert os.listdir(tmp_path) == []  # no registry was created by looking
+    CheckpointStore(tmp_path, run="real-run").close()
     with pytest.raises(RunNotFound, match="not in the registry"):
         CheckpointStore(tmp_path, run="typo-run", create_run=False)
-    assert Registry.open(f"sqlite:///{tmp_path / '.trainguard' / 'registry.db'}").run_info("typo-run") is None
+    with Registry.open(f"sqlite:///{tmp_path / '.trainguard' / 'registry.db'}") as registry:
+        assert registry.run_info("typo-run") is None

@@ -8,7 +8,6 @@ whose directory the next open rolls forward. The registry transaction is the onl
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from trainguard.checkpoints._context import StoreContext
-from trainguard.checkpoints._durable import StepFailed, fsync_dir, make_dir, move_dir, write_small_file
+from trainguard.checkpoints._durable import (
+    StepFailed,
+    fsync_dir,
+    make_dir,
+    move_dir,
+    remove_tree,
+    write_small_file,
+)
 from trainguard.checkpoints._quarantine import free_entry, quarantine_path
 from trainguard.checkpoints._tree import UnsupportedValue
 from trainguard.checkpoints.codecs import AdoptedFile, NonFiniteValues, validate_staged, write_state
@@ -26,6 +32,7 @@ from trainguard.errors import (
     CheckpointRejected,
     CheckpointWriteError,
     CommitFenced,
+    CommitOutcomeUnknown,
     CommitRefused,
     RegistryError,
 )
@@ -72,13 +79,13 @@ def commit(store: StoreContext, request: SaveRequest) -> CheckpointRecord:
     # 2. stage on the same filesystem as the final place, named after its writer
     staging = staging_root(store.root) / StagingName.new(request.name, writer, lease.token)
     try:
-        make_dir(staging)
+        make_dir(staging, root=store.root, step="stage")
     except StepFailed as failed:
         raise CheckpointWriteError(failed.step, failed.path, failed.cause) from failed.cause
     try:
         manifest, manifest_hash = _write_staged(store, request, staging, writer.as_dict())
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging, root=store.root)
         raise
 
     # 6. the registry decides
@@ -97,10 +104,14 @@ def commit(store: StoreContext, request: SaveRequest) -> CheckpointRecord:
     try:
         verdict = registry.commit_checkpoint(record, writer={**writer.as_dict(), "staging": staging.name})
     except (RegistryError, OSError) as error:
-        # The outcome is unknown (the connection may have died after COMMIT was sent): ask again.
-        found = _committed(store, request.name)
+        # The outcome is unknown: the connection may have died after COMMIT was sent. Ask again; only a
+        # definite "not committed" may delete the staged files - a guess could delete a committed checkpoint.
+        try:
+            found = store.registry.find_checkpoint(run, request.name)
+        except RegistryError:
+            raise CommitOutcomeUnknown(str(staging), error) from error  # staging kept for recovery
         if found is None or found.manifest_hash != manifest_hash:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_tree(staging, root=store.root)
             raise CheckpointWriteError("registry", str(staging), error) from error
     else:
         if not verdict.accepted:
@@ -112,8 +123,7 @@ def commit(store: StoreContext, request: SaveRequest) -> CheckpointRecord:
 
     # 7. roll forward: from here on the checkpoint exists whatever happens to this process
     try:
-        move_dir(staging, store.root / request.name, step="rename", fsync_step="store-fsync")
-        fsync_dir(staging.parent, step="store-fsync")
+        move_dir(staging, store.root / request.name, root=store.root, step="rename", fsync_step="store-fsync")
     except StepFailed as failed:
         raise CheckpointWriteError(failed.step, failed.path, failed.cause, committed=True) from failed.cause
     return registry.checkpoint(run, request.name)
@@ -158,13 +168,6 @@ def _write_staged(
     return manifest, manifest_hash
 
 
-def _committed(store: StoreContext, name: str) -> CheckpointRecord | None:
-    try:
-        return store.registry.find_checkpoint(store.run, name)
-    except RegistryError:
-        return None
-
-
 def _set_aside(
     store: StoreContext, staging: Path, request: SaveRequest, reason: str, *, fenced: bool
 ) -> None:
@@ -172,6 +175,7 @@ def _set_aside(
     label = "fenced" if fenced else "refused"
     try:
         target = quarantine_path(
+            store.root,
             staging,
             free_entry(store.root, staging.name),
             {

@@ -8,11 +8,14 @@ tests.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from trainguard._os.hashing import format_digest, new_hasher
 
@@ -120,34 +123,124 @@ def fsync_dir(path: Path, *, step: str = "dir-fsync") -> None:
         os.close(fd)
 
 
-def move_dir(source: Path, target: Path, *, step: str = "rename", fsync_step: str = "store-fsync") -> None:
-    """Atomically move a directory to a name that must not exist yet, then fsync both parents."""
-    if target.exists():
-        raise StepFailed(step, target, FileExistsError(f"{target} already exists"))
+# Below the store root nothing is followed: a symlink planted as `.trash`, `.staging` or a checkpoint's name
+# must not turn a removal or a move into one somewhere else. Every component under the root is opened with
+# O_NOFOLLOW, and the operation is done relative to the descriptor of the directory that holds the entry.
+_NOFOLLOW_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+
+
+@contextmanager
+def directory_fd(root: Path, relative: PurePath) -> Iterator[int]:
+    """A descriptor of ``root / relative`` (``root`` itself may be a symlink, nothing below it may)."""
+    fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
-        os.rename(source, target)
+        for part in relative.parts:
+            inner = os.open(part, _NOFOLLOW_DIR, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _below(root: Path, path: Path) -> PurePath:
+    relative = PurePath(os.path.relpath(path, root))
+    if not relative.parts or relative.parts[0] == os.pardir:
+        raise ValueError(f"{path} is not under the store {root}")
+    return relative
+
+
+def entry_exists(path: Path, *, root: Path) -> bool:
+    """Does ``path`` exist (as anything, a symlink included), judged without following symlinks?"""
+    relative = _below(root, path)
+    try:
+        with directory_fd(root, relative.parent) as fd:
+            os.stat(relative.name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
     except OSError as error:
-        raise StepFailed(step, source, error) from error
-    fsync_dir(target.parent, step=fsync_step)
-    if source.parent != target.parent:
-        fsync_dir(source.parent, step=fsync_step)
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            return True  # a symlink or a file where a directory was expected: something is there
+        raise
+    return True
 
 
-def make_dir(path: Path, *, step: str = "stage") -> None:
+def move_dir(
+    source: Path, target: Path, *, root: Path, step: str = "rename", fsync_step: str = "store-fsync"
+) -> None:
+    """Atomically move a directory inside the store to a name that must not exist yet, then fsync both
+    parents; no symlink below ``root`` is followed."""
+    src, dst = _below(root, source), _below(root, target)
     try:
-        path.mkdir(parents=False, exist_ok=False)
+        with directory_fd(root, src.parent) as src_fd, directory_fd(root, dst.parent) as dst_fd:
+            try:
+                os.stat(dst.name, dir_fd=dst_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+            else:
+                raise StepFailed(step, target, FileExistsError(f"{target} already exists"))
+            try:
+                os.rename(src.name, dst.name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+            except OSError as error:
+                raise StepFailed(step, source, error) from error
+            _fsync_fd(dst_fd, target.parent, fsync_step)
+            if src.parent != dst.parent:
+                _fsync_fd(src_fd, source.parent, fsync_step)
+    except OSError as error:  # opening a directory on the way: missing, or a symlink (ELOOP)
+        raise StepFailed(step, source, error) from error
+
+
+def _fsync_fd(fd: int, path: Path, step: str) -> None:
+    try:
+        os.fsync(fd)
     except OSError as error:
         raise StepFailed(step, path, error) from error
+
+
+def make_dir(path: Path, *, root: Path, step: str = "stage", exist_ok: bool = False) -> None:
+    """Create a directory inside the store (its parent reached without following symlinks)."""
+    relative = _below(root, path)
+    try:
+        with directory_fd(root, relative.parent) as fd:
+            try:
+                os.mkdir(relative.name, 0o755, dir_fd=fd)
+            except FileExistsError:
+                if not exist_ok:
+                    raise
+                os.close(os.open(relative.name, _NOFOLLOW_DIR, dir_fd=fd))  # a directory, not a symlink
+    except OSError as error:
+        raise StepFailed(step, path, error) from error
+
+
+def remove_tree(path: Path, *, root: Path) -> None:
+    """Delete an entry of the store and everything in it, following no symlink (a symlink is removed as
+    the link it is). Missing is fine; other failures are left for the next recovery."""
+    relative = _below(root, path)
+    try:
+        with directory_fd(root, relative.parent) as fd:
+            try:
+                is_dir = stat.S_ISDIR(os.stat(relative.name, dir_fd=fd, follow_symlinks=False).st_mode)
+            except FileNotFoundError:
+                return
+            if is_dir:
+                shutil.rmtree(relative.name, dir_fd=fd, ignore_errors=True)
+            else:
+                os.unlink(relative.name, dir_fd=fd)
+    except OSError:
+        return  # a parent gone or a symlink on the way: nothing of ours to delete there
 
 
 __all__ = [
     "PIPELINE_CHUNK",
     "Chunk",
     "StepFailed",
+    "directory_fd",
+    "entry_exists",
     "fsync_dir",
     "make_dir",
     "move_dir",
     "new_durable_file",
+    "remove_tree",
     "write_all",
     "write_file",
     "write_small_file",

@@ -1,31 +1,46 @@
-"""Moving things aside without deleting them: quarantine with a reason record, and back."""
+"""Moving things aside without deleting them: quarantine with a reason record, and back; and the trash,
+the only place anything is deleted from.
+
+Every path here is under the store root and handled through ``_durable``'s root-relative operations, which
+follow no symlink below the root: a planted link cannot turn a move or a delete into one elsewhere.
+"""
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import time
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
-from trainguard.checkpoints._durable import fsync_dir, move_dir, write_small_file
-from trainguard.checkpoints.layout import quarantine_root, reason_file, trash_root
+from trainguard.checkpoints._durable import (
+    directory_fd,
+    entry_exists,
+    fsync_dir,
+    make_dir,
+    move_dir,
+    remove_tree,
+    write_small_file,
+)
+from trainguard.checkpoints.layout import TRASH, quarantine_root, reason_file, trash_root
+
+_MAX_REASON_BYTES = 1 << 20  # a reason record is a few hundred bytes; never read an unbounded file
 
 
 def free_entry(root: Path, entry_name: str) -> Path:
     """A quarantine path for ``entry_name`` that does not exist yet (earlier quarantines are kept)."""
     base = quarantine_root(root) / entry_name
     target, n = base, 1
-    while target.exists() or reason_file(target).exists():
+    while entry_exists(target, root=root) or entry_exists(reason_file(target), root=root):
         target = base.with_name(f"{base.name}.{n}")
         n += 1
     return target
 
 
-def quarantine_path(source: Path, target: Path, record: dict[str, Any]) -> Path:
+def quarantine_path(root: Path, source: Path, target: Path, record: dict[str, Any]) -> Path:
     """Move ``source`` (a directory) to ``target`` under ``.quarantine`` and write its reason record."""
-    target.parent.mkdir(exist_ok=True)
-    move_dir(source, target, step="quarantine", fsync_step="quarantine-fsync")
+    make_dir(target.parent, root=root, step="quarantine", exist_ok=True)
+    move_dir(source, target, root=root, step="quarantine", fsync_step="quarantine-fsync")
     body = {"quarantined_at": time.time(), "original": str(source), **record}
     write_small_file(
         reason_file(target),
@@ -38,36 +53,43 @@ def quarantine_path(source: Path, target: Path, record: dict[str, Any]) -> Path:
 
 def read_reason(entry: Path) -> dict[str, Any]:
     try:
-        return dict(json.loads(reason_file(entry).read_text()))
+        fd = os.open(reason_file(entry), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            data = os.read(fd, _MAX_REASON_BYTES)
+        finally:
+            os.close(fd)
+        body = json.loads(data)
     except (OSError, ValueError):
         return {}
+    return body if isinstance(body, dict) else {}
 
 
-def release_path(entry: Path, target: Path) -> None:
+def release_path(root: Path, entry: Path, target: Path) -> None:
     """Move a quarantined directory back; its reason record goes (the registry's events keep the history)."""
-    move_dir(entry, target, step="release", fsync_step="release-fsync")
-    reason_file(entry).unlink(missing_ok=True)
+    move_dir(entry, target, root=root, step="release", fsync_step="release-fsync")
+    remove_tree(reason_file(entry), root=root)
 
 
 def discard(root: Path, path: Path) -> None:
     """Remove a directory that was never visible or has been evicted: rename into .trash first so a half-
     deleted directory can never be mistaken for a checkpoint, then delete; the next open finishes it."""
     trash = trash_root(root)
-    trash.mkdir(exist_ok=True)
+    make_dir(trash, root=root, step="discard", exist_ok=True)
     target = trash / f"{path.name}.{time.time_ns()}"
-    move_dir(path, target, step="discard", fsync_step="discard-fsync")
-    shutil.rmtree(target, ignore_errors=True)
+    move_dir(path, target, root=root, step="discard", fsync_step="discard-fsync")
+    remove_tree(target, root=root)
 
 
 def empty_trash(root: Path) -> int:
-    trash = trash_root(root)
-    if not trash.is_dir():
-        return 0
-    count = 0
-    for entry in trash.iterdir():
-        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
-        count += 1
-    return count
+    """Delete what an interrupted discard left in ``.trash``; the number of entries deleted."""
+    try:
+        with directory_fd(root, PurePath(TRASH)) as fd:
+            names = os.listdir(fd)
+    except OSError:
+        return 0  # no trash (or not a directory we may enter: the store check refuses that at open)
+    for name in names:
+        remove_tree(trash_root(root) / name, root=root)
+    return len(names)
 
 
 __all__ = ["discard", "empty_trash", "free_entry", "quarantine_path", "read_reason", "release_path"]

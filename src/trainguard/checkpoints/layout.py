@@ -10,12 +10,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from trainguard._os.identity import ProcessIdentity, is_same_process_alive
+from trainguard.errors import UnsafeStore
 from trainguard.names import META_DIRECTORY
 
 STAGING = ".staging"
@@ -64,6 +67,21 @@ class StagingName:
         return is_same_process_alive(self.pid, self.start_ticks)
 
 
+def check_layout(root: Path) -> None:
+    """Refuse a store whose reserved entries are not plain directories. trainguard deletes under ``.trash``
+    and ``.staging`` and moves into ``.quarantine``: through a symlink those would be somebody else's files.
+    Raises :class:`UnsafeStore`; a missing entry is fine (it is created when first needed)."""
+    for entry in sorted(RESERVED):
+        try:
+            mode = os.lstat(root / entry).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(mode):
+            raise UnsafeStore(str(root), entry, "is a symbolic link (trainguard never follows one there)")
+        if not stat.S_ISDIR(mode):
+            raise UnsafeStore(str(root), entry, "is not a directory")
+
+
 def staging_root(root: Path) -> Path:
     return root / STAGING
 
@@ -86,6 +104,7 @@ __all__ = [
     "STAGING",
     "TRASH",
     "StagingName",
+    "check_layout",
     "host_digest",
     "quarantine_root",
     "reason_file",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -12,14 +13,16 @@ from trainguard.checkpoints import retention
 from trainguard.checkpoints._binding import bind, check_binding
 from trainguard.checkpoints._commit import SaveRequest, commit
 from trainguard.checkpoints._context import StoreContext, Validation
+from trainguard.checkpoints._durable import StepFailed, entry_exists, make_dir
 from trainguard.checkpoints._quarantine import discard, quarantine_path, release_path
 from trainguard.checkpoints._reading import VerifyReport, load_dir, read_manifest, verify_dir
-from trainguard.checkpoints._recovery import RecoveryReport, recover
+from trainguard.checkpoints._recovery import RecoveryReport, find_staged, recover
 from trainguard.checkpoints.codecs import FORMATS
-from trainguard.checkpoints.layout import quarantine_root, staging_root
+from trainguard.checkpoints.layout import check_layout, quarantine_root, staging_root
 from trainguard.checkpoints.manifest import Manifest
 from trainguard.errors import (
     CheckpointNotFound,
+    CheckpointWriteError,
     CorruptCheckpoint,
     InvalidArgument,
     RunNotFound,
@@ -32,6 +35,7 @@ from trainguard.registry import (
     CheckpointRecord,
     CheckpointState,
     Lease,
+    OpenMode,
     Registry,
     default_registry_url,
 )
@@ -74,9 +78,11 @@ def default_name(episode: int, token: int) -> str:
 class CheckpointStore:
     """The checkpoints of one run under ``root``.
 
-    ``registry`` is a :class:`Registry` or a URL; by default ``<root>/.trainguard/registry.db``. Opening the
-    store runs recovery (see ``_recovery``) unless ``recover_on_open=False``; ``create_run=False`` refuses a
-    run the registry does not know (a typo must not start a new lineage; see :meth:`open_existing`).
+    ``registry`` is a :class:`Registry` or a URL; by default ``<root>/.trainguard/registry.db``. A writer
+    (the default) creates what is missing, binds the store to its registry, records the run's store and runs
+    recovery (see ``_recovery``) unless ``recover_on_open=False``. ``create_run=False`` opens an existing
+    store of a known run and changes nothing on open (see :meth:`open_existing`); ``read_only=True`` also
+    opens the registry so that it cannot write (a read-only store can be listed, verified and served).
     """
 
     def __init__(
@@ -91,37 +97,50 @@ class CheckpointStore:
         recover_on_open: bool = True,
         foreign_grace: float = 10 * DEFAULT_LEASE_TTL,
         create_run: bool = True,
+        read_only: bool = False,
     ) -> None:
         self.run = validate_name(run, "run")
         if format not in FORMATS:
             raise InvalidArgument("format", format, f"must be one of {', '.join(FORMATS)}")
+        writer = create_run and not read_only
         self.root = Path(root).resolve()
-        if not create_run and not self.root.is_dir():
+        if writer:
+            self.root.mkdir(parents=True, exist_ok=True)
+        elif not self.root.is_dir():
             raise InvalidArgument("root", str(self.root), "is not a directory (a store that must exist)")
-        self.root.mkdir(parents=True, exist_ok=True)
-        staging_root(self.root).mkdir(exist_ok=True)
+        check_layout(self.root)  # before anything is created, moved or deleted under it
+        if writer:
+            try:
+                make_dir(staging_root(self.root), root=self.root, exist_ok=True)
+            except StepFailed as failed:
+                raise CheckpointWriteError(failed.step, failed.path, failed.cause) from failed.cause
         self._owns_registry = not isinstance(registry, Registry)
         if isinstance(registry, Registry):
             self.registry = registry
         else:
-            self.registry = Registry.open(registry or default_registry_url(self.root))
+            mode: OpenMode = "create" if writer else "read" if read_only else "existing"
+            self.registry = Registry.open(registry or default_registry_url(self.root), mode=mode)
         self.retention = retention_policy or retention.keep_all
         self.foreign_grace = foreign_grace
+        self.read_only = read_only
         self._context = StoreContext(self.root, self.run, self.registry, format, validation or Validation())
         self._last_saved: str | None = None
         try:
-            if create_run:
-                bind(self.root, self.registry.registry_id, self.registry.url)
-            else:
-                check_binding(self.root, self.registry.registry_id, self.registry.url)
+            self._attach(writer)
         except BaseException:
             self.close()
             raise
-        if not create_run and self.registry.run_info(self.run) is None:
-            self.close()
+        self.recovery = self.recover() if recover_on_open and not read_only else RecoveryReport()
+
+    def _attach(self, writer: bool) -> None:
+        """Check (a reader) or make (a writer) the store's binding to its registry and the run's record."""
+        if writer:
+            bind(self.root, self.registry.registry_id, self.registry.url)
+            self.registry.ensure_run(self.run, store=self.root)
+            return
+        check_binding(self.root, self.registry.registry_id, self.registry.url)
+        if self.registry.run_info(self.run) is None:
             raise RunNotFound(self.run, self.registry.url)
-        self.registry.ensure_run(self.run, store=self.root)
-        self.recovery = self.recover() if recover_on_open else RecoveryReport()
 
     @classmethod
     def open_existing(
@@ -132,10 +151,22 @@ class CheckpointStore:
         registry: Registry | str | None = None,
         format: str = "safetensors",
         recover: bool = False,
+        read_only: bool = False,
     ) -> CheckpointStore:
-        """A store whose run must already be in the registry - what readers and operators open. Without
-        ``recover`` nothing is repaired on open: they look, they do not change."""
-        return cls(root, run=run, registry=registry, format=format, recover_on_open=recover, create_run=False)
+        """A store whose run must already be in the registry - what readers and operators open. Nothing is
+        created or repaired on open (``recover=True``: recovery runs); ``read_only=True``: nothing at all is
+        written (the registry is opened read-only; ``recover`` is then refused)."""
+        if recover and read_only:
+            raise InvalidArgument("recover", recover, "a read-only store cannot be recovered")
+        return cls(
+            root,
+            run=run,
+            registry=registry,
+            format=format,
+            recover_on_open=recover,
+            create_run=False,
+            read_only=read_only,
+        )
 
     @property
     def format(self) -> str:
@@ -227,16 +258,15 @@ class CheckpointStore:
         return self.registry.checkpoint(self.run, validate_name(name, "checkpoint"))
 
     def _directory(self, record: CheckpointRecord) -> Path:
-        directory = (
-            quarantine_root(self.root) / record.name
-            if record.state is CheckpointState.QUARANTINED
-            else self.root / record.name
-        )
-        if not directory.exists():
-            # Decided but not yet in place (a crash between commit and rename, or an interrupted
-            # quarantine/release): readers finish it rather than report a missing checkpoint.
-            self.recover()
-        return directory
+        """Where a record's files are, found without changing anything: the place for its state, else where
+        an interrupted move left them (the other place, or the staging copy the registry committed - a
+        crash between commit and rename, a lost commit reply). A writer's next open finishes the move."""
+        final, parked = self.root / record.name, quarantine_root(self.root) / record.name
+        places = (parked, final) if record.state is CheckpointState.QUARANTINED else (final, parked)
+        for place in places:
+            if entry_exists(place, root=self.root):
+                return place
+        return find_staged(self.root, record) or places[0]
 
     def _conflict(self, record: CheckpointRecord, rule: str) -> StateConflict:
         state = f"{record.state.value} ({record.state_reason or 'no reason'})"
@@ -280,18 +310,22 @@ class CheckpointStore:
             self.run, record.name, CheckpointState.QUARANTINED, reason=reason, expect=COMMITTED
         )
         source, target = self.root / record.name, quarantine_root(self.root) / record.name
-        if source.exists() and not target.exists():
-            quarantine_path(
-                source,
-                target,
-                {
-                    "reason": reason,
-                    "run": self.run,
-                    "checkpoint": record.name,
-                    "episode": record.episode,
-                    "token": record.token,
-                },
-            )
+        if entry_exists(source, root=self.root) and not entry_exists(target, root=self.root):
+            try:
+                quarantine_path(
+                    self.root,
+                    source,
+                    target,
+                    {
+                        "reason": reason,
+                        "run": self.run,
+                        "checkpoint": record.name,
+                        "episode": record.episode,
+                        "token": record.token,
+                    },
+                )
+            except StepFailed as failed:  # decided in the registry: nothing loads it; recovery finishes
+                raise CheckpointWriteError(failed.step, failed.path, failed.cause, committed=True) from None
         return record
 
     def release(self, name: str, *, reason: str = "released by operator") -> CheckpointRecord:
@@ -311,8 +345,11 @@ class CheckpointStore:
             reason=reason,
             expect=(CheckpointState.QUARANTINED,),
         )
-        if not (self.root / record.name).exists():
-            release_path(parked, self.root / record.name)
+        if not entry_exists(self.root / record.name, root=self.root):
+            try:
+                release_path(self.root, parked, self.root / record.name)
+            except StepFailed as failed:  # decided in the registry; recovery finishes the move
+                raise CheckpointWriteError(failed.step, failed.path, failed.cause, committed=True) from None
         return record
 
     def protected(self, committed: Iterable[CheckpointRecord] | None = None) -> set[str]:
@@ -341,9 +378,11 @@ class CheckpointStore:
                 )
             except StateConflict:
                 continue  # pinned, promoted or quarantined since the list was read
-            if (self.root / name).exists():
-                discard(self.root, self.root / name)
             evicted.append(name)
+            # Evicted in the registry, so nothing loads it; a failed (or already done) delete is finished by
+            # the next open.
+            with contextlib.suppress(StepFailed):
+                discard(self.root, self.root / name)
         return evicted
 
 

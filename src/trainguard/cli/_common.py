@@ -107,7 +107,7 @@ def locate(args: argparse.Namespace) -> Location:
             "--store", None, "give --store DIR, --registry URL or -c CONFIG to find the run"
         )
     if store is None:
-        with Registry.open(url) as registry:
+        with Registry.open(url, mode="read") as registry:
             recorded = registry.run(run).store
         if not recorded:
             raise InvalidArgument(
@@ -117,11 +117,17 @@ def locate(args: argparse.Namespace) -> Location:
     return Location(run, store.resolve(), url, config)
 
 
-def open_store(location: Location, *, recover: bool = False) -> CheckpointStore:
-    """Open an existing run's store; never creates a run (a typo must not start a new lineage)."""
+def open_store(location: Location, *, recover: bool = False, read_only: bool = False) -> CheckpointStore:
+    """Open an existing run's store; never creates a run (a typo must not start a new lineage).
+    ``read_only``: for commands that only look - nothing is written, a read-only store works."""
     fmt = location.config.checkpoints.format if location.config else "safetensors"
     return CheckpointStore.open_existing(
-        location.store, run=location.run, registry=location.registry_url, format=fmt, recover=recover
+        location.store,
+        run=location.run,
+        registry=location.registry_url,
+        format=fmt,
+        recover=recover,
+        read_only=read_only,
     )
 
 

@@ -46,7 +46,7 @@ def _shown(budget: Budget, value: float | None) -> str:
 
 def _run(args: argparse.Namespace) -> RunRecord:
     location = locate(args)
-    with Registry.open(location.registry_url) as registry:
+    with Registry.open(location.registry_url, mode="read") as registry:
         return registry.run(location.run)
 
 
@@ -72,7 +72,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_extend(args: argparse.Namespace) -> int:
     runtime = duration_arg("--runtime", args.runtime) if args.runtime is not None else None
     location = locate(args)
-    with Registry.open(location.registry_url) as registry:
+    with Registry.open(location.registry_url, mode="existing") as registry:
         limits = registry.extend_budget(
             location.run, reason=args.reason, episodes=args.episodes, steps=args.steps, runtime=runtime
         )

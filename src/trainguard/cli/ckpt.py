@@ -90,7 +90,7 @@ def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    with open_store(locate(args)) as store:
+    with open_store(locate(args), read_only=True) as store:
         records = store.checkpoints(states=None if args.all else (CheckpointState.COMMITTED,))
         live = store.registry.live_pointer(store.run)
         if args.json:
@@ -131,7 +131,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    with open_store(locate(args)) as store:
+    with open_store(locate(args), read_only=True) as store:
         names = args.names or [r.name for r in store.checkpoints()]
         reports = [store.verify(name) for name in names]
     bad = [r for r in reports if not r.ok]

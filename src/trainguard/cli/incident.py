@@ -69,7 +69,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         raise InvalidArgument("STORE", None, "give one or more store directories or --registry URL")
     results = []
     for url, only in targets:
-        with Registry.open(url) as registry:
+        with Registry.open(url, mode="read") as registry:
             for run in registry.runs():
                 if run.store and (only is None or Path(run.store).resolve() == only):
                     results.append(scan_store(registry, run))

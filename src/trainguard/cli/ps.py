@@ -30,7 +30,7 @@ def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
 
 def cmd_ps(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
-    with Registry.open(registry_url(args)) as registry:
+    with Registry.open(registry_url(args), mode="read") as registry:
         for p in registry.processes():
             alive = p.host_key == host_key() and is_same_process_alive(p.pid, p.start_ticks)
             rows.append(

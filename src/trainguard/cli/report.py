@@ -280,7 +280,7 @@ def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     name = validate_name(args.run, "run")
-    with Registry.open(registry_url(args)) as registry:
+    with Registry.open(registry_url(args), mode="read") as registry:
         page = build_report(registry, name)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -69,7 +69,7 @@ def _limit(seconds: float | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with Registry.open(registry_url(args)) as registry:
+    with Registry.open(registry_url(args), mode="read") as registry:
         runs = [registry.run(validate_name(args.run, "run"))] if args.run is not None else registry.runs()
         rows = [run_status(registry, r) for r in runs]
         alive = watchdog_alive(registry)

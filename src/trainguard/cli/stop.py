@@ -32,7 +32,7 @@ def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
 def cmd_stop(args: argparse.Namespace) -> int:
     run = validate_name(args.run, "run")
     grace = duration_arg("--grace", args.grace)
-    with Registry.open(registry_url(args)) as registry:
+    with Registry.open(registry_url(args), mode="existing") as registry:
         record = registry.run(run)  # an unknown run is an error, not "nothing to stop"
         lease = registry.lease_info(run)
         # Revoke first: from this moment nothing the run writes can be committed, whatever the signals do.

@@ -35,7 +35,7 @@ def _features(features: FeatureSources) -> fp.Fingerprint | None:
 def _open(registry: Registry | str) -> tuple[Registry, bool]:
     if isinstance(registry, Registry):
         return registry, False
-    return Registry.open(registry), True
+    return Registry.open(registry, mode="read"), True
 
 
 def load(
@@ -59,7 +59,7 @@ def load(
             raise InvalidArgument(
                 "store", None, f"the registry records no store for run {run!r}; pass store="
             )
-        with CheckpointStore.open_existing(root, run=run, registry=reg) as checkpoints:
+        with CheckpointStore.open_existing(root, run=run, registry=reg, read_only=True) as checkpoints:
             loaded = checkpoints.load(name)  # refuses quarantined/evicted; verifies every hash first
         if loaded.manifest.fingerprint != (expected.digest if expected else None):
             raise FingerprintMismatch(

@@ -7,7 +7,7 @@ from trainguard._os.identity import ProcessIdentity
 from trainguard.registry._budget import BudgetOps
 from trainguard.registry._checkpoints import CheckpointOps
 from trainguard.registry._clock import ClockReading, RegistryClock
-from trainguard.registry._engine import default_registry_url
+from trainguard.registry._engine import OpenMode, default_registry_url
 from trainguard.registry._leases import DEFAULT_LEASE_TTL, Lease
 from trainguard.registry._processes import ProcessOps
 from trainguard.registry._records import (
@@ -37,6 +37,7 @@ __all__ = [
     "Lease",
     "LeaseInfo",
     "LeaseState",
+    "OpenMode",
     "ProcessIdentity",
     "ProcessRecord",
     "ProcessRole",

@@ -18,11 +18,11 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.sql.dml import Insert
 
 from trainguard._os.identity import ProcessIdentity
-from trainguard.errors import RegistryError, RunNotFound
+from trainguard.errors import InvalidArgument, RegistryError, RegistryNotFound, RunNotFound
 from trainguard.names import validate_name
 from trainguard.registry import _schema as t
 from trainguard.registry._clock import ClockReading, RegistryClock
-from trainguard.registry._engine import create_registry_engine, redact
+from trainguard.registry._engine import OPEN_MODES, OpenMode, create_registry_engine, redact
 from trainguard.registry._records import EventRecord, RunRecord
 from trainguard.registry._states import EventKind
 
@@ -36,22 +36,32 @@ class RegistryCore:
     rows inside them) are private: outside the registry a decision is only ever one public method, taken
     in one transaction."""
 
-    def __init__(self, engine: Engine, url: str, clock: RegistryClock | None = None) -> None:
+    def __init__(
+        self, engine: Engine, url: str, clock: RegistryClock | None = None, *, mode: OpenMode = "create"
+    ) -> None:
         self.engine = engine
         self.url = redact(url)
+        self.mode = mode
         self.dialect = engine.dialect.name
-        self._relaxed_engine = create_registry_engine(url, relaxed=True)
+        self._relaxed_engine = create_registry_engine(url, relaxed=True, mode=mode)
         self.clock = clock or RegistryClock.for_dialect(self.dialect)
         self._identity: ProcessIdentity | None = None
-        self._install_schema()
+        try:
+            self._install_schema()
+        except BaseException:
+            self._relaxed_engine.dispose()
+            raise
 
     @classmethod
-    def open(cls, url: str, *, clock: RegistryClock | None = None) -> Self:
-        """Open (creating the schema if needed) the registry at ``url``: ``sqlite:///PATH`` or
-        ``postgresql://...``."""
-        engine = create_registry_engine(url)
+    def open(cls, url: str, *, clock: RegistryClock | None = None, mode: OpenMode = "create") -> Self:
+        """Open the registry at ``url`` (``sqlite:///PATH`` or ``postgresql://...``). ``mode``: ``create``
+        (the file and schema if needed), ``existing`` (it must exist: :class:`RegistryNotFound` otherwise) or
+        ``read`` (it must exist, and this connection never writes)."""
+        if mode not in OPEN_MODES:
+            raise InvalidArgument("mode", mode, f"must be one of {', '.join(OPEN_MODES)}")
+        engine = create_registry_engine(url, mode=mode)
         try:
-            return cls(engine, url, clock)
+            return cls(engine, url, clock, mode=mode)
         except BaseException:
             engine.dispose()
             raise
@@ -86,6 +96,10 @@ class RegistryCore:
     # -- schema -----------------------------------------------------------------------------------
 
     def _install_schema(self) -> None:
+        if self.mode != "create":
+            self._check_schema()
+            if self.mode == "read":
+                return
         try:
             with self.engine.begin() as conn:
                 t.metadata.create_all(conn)
@@ -114,6 +128,28 @@ class RegistryCore:
             pass
         except (OperationalError, DBAPIError) as error:
             raise RegistryError(self.url, f"cannot open: {error.orig or error}") from error
+
+    def _check_schema(self) -> None:
+        """A registry that must exist: its schema is there, and a reader can use it without migrating."""
+        try:
+            with self.engine.connect() as conn:
+                if not inspect(conn).has_table(t.schema_version.name):
+                    raise RegistryNotFound(
+                        self.url, "holds no trainguard registry (no schema; only a writer creates one)"
+                    )
+                found = max(conn.execute(select(t.schema_version.c.version)).scalars().all(), default=0)
+        except (OperationalError, DBAPIError) as error:
+            raise RegistryError(self.url, f"cannot open: {error.orig or error}") from error
+        if self.mode == "read" and found != t.SCHEMA_VERSION:
+            raise RegistryError(
+                self.url,
+                f"schema version {found}, this trainguard reads {t.SCHEMA_VERSION}; "
+                + (
+                    "upgrade trainguard"
+                    if found > t.SCHEMA_VERSION
+                    else "open it once with a writer to migrate"
+                ),
+            )
 
     # -- transactions -----------------------------------------------------------------------------
 

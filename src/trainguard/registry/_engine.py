@@ -4,23 +4,33 @@ SQLite is tuned for correctness first: WAL so readers never block the writer, ``
 a token bump that is lost on power failure would be handed out twice, and ``BEGIN IMMEDIATE`` so every
 transaction takes the write lock up front - a deferred transaction that reads the lease and later tries to
 write can fail with SQLITE_BUSY mid-decision, or worse decide on a stale read.
+
+Three ways to open (``OpenMode``): ``create`` (a writer's first open makes the file and schema), ``existing``
+(operator commands: it must exist) and ``read`` (commands that only look: it must exist, and the connection
+cannot write - SQLite ``mode=ro``, or ``immutable=1`` on a read-only filesystem where nobody can change it;
+PostgreSQL ``default_transaction_read_only``). A reader never creates a file, so a typo'd path is an error,
+not an empty registry that reports "nothing found".
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from trainguard._os.optional import require
-from trainguard.errors import RegistryError
+from trainguard.errors import RegistryError, RegistryNotFound
 from trainguard.names import default_registry_url
 
 SQLITE_BUSY_TIMEOUT_S = 60.0
+OpenMode = Literal["create", "existing", "read"]
+OPEN_MODES: tuple[OpenMode, ...] = ("create", "existing", "read")
 
 
 def normalise_url(url: str) -> str:
@@ -41,10 +51,11 @@ def redact(url: str) -> str:
         return url
 
 
-def create_registry_engine(url: str, *, relaxed: bool = False) -> Engine:
-    """``relaxed`` gives connections whose commits do not wait for the disk (SQLite ``synchronous=NORMAL``,
-    PostgreSQL ``synchronous_commit=off``): still atomic and consistent, but the newest transactions may be
-    lost on power failure. Only lease renewals use it - see ``RegistryCore.transaction``."""
+def create_registry_engine(url: str, *, relaxed: bool = False, mode: OpenMode = "create") -> Engine:
+    """``mode``: see the module's doc. ``relaxed`` gives connections whose commits do not wait for the disk
+    (SQLite ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit=off``): still atomic and consistent, but
+    the newest transactions may be lost on power failure. Only lease renewals use it - see
+    ``RegistryCore.transaction``."""
     target = normalise_url(url)
     try:
         parsed = make_url(target)
@@ -54,7 +65,7 @@ def create_registry_engine(url: str, *, relaxed: bool = False) -> Engine:
         ) from error
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return _sqlite_engine(target, parsed.database, "NORMAL" if relaxed else "FULL")
+        return _sqlite_engine(target, parsed.database, "NORMAL" if relaxed else "FULL", mode)
     if backend == "postgresql":
         if parsed.get_driver_name() != "psycopg":
             raise RegistryError(
@@ -64,33 +75,64 @@ def create_registry_engine(url: str, *, relaxed: bool = False) -> Engine:
         # No pool_pre_ping: it costs a round trip per transaction (a third of a renewal). A connection that
         # died with the server fails its statement, is discarded by the pool, and the caller's next attempt
         # (the next heartbeat) gets a fresh one.
-        connect_args = {"options": "-c synchronous_commit=off"} if relaxed else {}
+        options = ["-c synchronous_commit=off"] if relaxed else []
+        if mode == "read":
+            options.append("-c default_transaction_read_only=on")
+        connect_args = {"options": " ".join(options)} if options else {}
         return create_engine(target, pool_size=2, max_overflow=4, connect_args=connect_args)
     raise RegistryError(redact(url), f"unsupported backend {backend!r}; use sqlite or postgresql")
 
 
-def _sqlite_engine(url: str, database: str | None, synchronous: str) -> Engine:
+def _sqlite_engine(url: str, database: str | None, synchronous: str, mode: OpenMode) -> Engine:
     if not database or database == ":memory:":
         raise RegistryError(
             url, "an in-memory SQLite registry cannot be shared between processes; give a file"
         )
-    Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "isolation_level": None})
+    path = Path(database)
+    if mode == "create":
+        path.parent.mkdir(parents=True, exist_ok=True)
+    elif not path.is_file():
+        raise RegistryNotFound(
+            redact(url), "no such registry file (only a writer creates one; check the path or --store)"
+        )
+    if mode == "read":
+        engine = create_engine("sqlite://", creator=lambda: _read_only_connection(path))
+    else:
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "isolation_level": None})
 
     @event.listens_for(engine, "connect")
     def _configure(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        if mode != "read":  # a read-only connection can set neither; the file's WAL mode persists anyway
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _begin_immediate(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    def _begin(connection: Any) -> None:
+        # A reader's transaction is deferred: it takes no write lock (it could not on a read-only file).
+        connection.exec_driver_sql("BEGIN" if mode == "read" else "BEGIN IMMEDIATE")
 
     return engine
 
 
-__all__ = ["create_registry_engine", "default_registry_url", "normalise_url", "redact"]
+def _read_only_connection(path: Path) -> sqlite3.Connection:
+    """``mode=ro``; on a read-only filesystem also ``immutable=1``, because a WAL database otherwise needs
+    to create its ``-shm`` file to be read, and nobody can change the file there anyway."""
+    immutable = "&immutable=1" if os.statvfs(path).f_flag & os.ST_RDONLY else ""
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro{immutable}"
+    return sqlite3.connect(
+        uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+    )
+
+
+__all__ = [
+    "OPEN_MODES",
+    "OpenMode",
+    "create_registry_engine",
+    "default_registry_url",
+    "normalise_url",
+    "redact",
+]

@@ -155,7 +155,9 @@ def scan_store(registry: Registry, run: RunRecord) -> StoreFindings:
     live = registry.live_pointer(run.name)
     record = registry.find_checkpoint(run.name, live) if live else None
     if record is not None and record.state is CheckpointState.COMMITTED and run.store:
-        with CheckpointStore.open_existing(run.store, run=run.name, registry=registry) as store:
+        with CheckpointStore.open_existing(
+            run.store, run=run.name, registry=registry, read_only=True
+        ) as store:
             report = store.verify(record.name)
         if not report.ok:
             problem = report.problems[0]
