@@ -143,7 +143,8 @@ def test_registry_failure_before_commit_leaves_nothing(
     tmp_path: Path, run_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with CheckpointStore(tmp_path / "s", run=run_name) as store:
-        lease = store.registry.acquire(run_name, ttl=60)
+        # A short lease: a failing registry is retried while the lease is held, then the save gives up.
+        lease = store.registry.acquire(run_name, ttl=2)
         store.save(STATE, episode=1, lease=lease)
 
         def unreachable(*_a: object, **_k: object) -> None:

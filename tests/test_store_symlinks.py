@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -71,11 +72,12 @@ def test_a_symlinked_staging_is_refused_by_every_open(tmp_path: Path) -> None:
     shutil.rmtree(root / STAGING)
     (root / STAGING).symlink_to(victim, target_is_directory=True)
 
-    for open_store in (
+    opens: list[Callable[[], CheckpointStore]] = [
         lambda: CheckpointStore(root, run="r", foreign_grace=0),
         lambda: CheckpointStore.open_existing(root, run="r", recover=True),
         lambda: CheckpointStore.open_existing(root, run="r", read_only=True),
-    ):
+    ]
+    for open_store in opens:
         with pytest.raises(UnsafeStore, match="is a symbolic link"):
             open_store()
     assert _contents(victim) == before

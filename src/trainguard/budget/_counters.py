@@ -13,10 +13,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from trainguard.budget._rules import prepay, remaining
 
 log = logging.getLogger("trainguard")
+T = TypeVar("T")
 
 
 @dataclass
@@ -104,23 +106,25 @@ class Runtime:
             return None
         return self.started + (self.limit - self.spent_before)
 
-    def charge_ahead(self, beat: float) -> float:
-        """What to charge the registry now so it stays ``prepay(beat)`` ahead of the time actually spent
-        (never beyond the limit before the limit is reached); counted as charged."""
+    def charge_ahead(self, beat: float, pay: Callable[[float], T]) -> T:
+        """Charge the registry (``pay``) so it stays ``prepay(beat)`` ahead of the time actually spent (never
+        beyond the limit before the limit is reached). Counted as charged only once ``pay`` returned: a
+        charge that failed (a registry outage) is charged again, in full, by the next one."""
         target = self.elapsed() + prepay(beat)
         if self.limit is not None:
             target = min(target, max(self.limit - self.spent_before, self.elapsed()))
         due = target - self.charged
+        paid = pay(due)
         self.charged += due
-        return due
+        return paid
 
-    def settle(self, until_wall: float | None = None) -> float:
-        """The correction that makes the registry count exactly the time spent (until ``until_wall``, a
-        wall-clock time, or now) - usually a refund of the prepay; counted as charged."""
+    def settle(self, pay: Callable[[float], T], until_wall: float | None = None) -> T:
+        """Pay the correction that makes the registry count exactly the time spent (until ``until_wall``, a
+        wall-clock time, or now) - usually a refund of the prepay; counted once ``pay`` returned."""
         spent = self.elapsed() if until_wall is None else max(0.0, until_wall - self.started_wall)
-        correction = spent - self.charged
+        paid = pay(spent - self.charged)
         self.charged = spent
-        return correction
+        return paid
 
 
 @dataclass

@@ -34,9 +34,10 @@ from trainguard.errors import (
     CommitFenced,
     CommitOutcomeUnknown,
     CommitRefused,
+    LeaseLost,
     RegistryError,
 )
-from trainguard.registry import CheckpointRecord, EventKind, Lease
+from trainguard.registry import CheckpointRecord, CommitVerdict, EventKind, Lease
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def commit(store: StoreContext, request: SaveRequest) -> CheckpointRecord:
     writer = registry.identity
     # 1. fail fast on what this process already knows (the registry re-checks all of it in step 6)
     lease.check()
-    limit = registry.run(run).limits.get("max_episodes")
+    limit = lease.while_held(lambda: registry.run(run), what="commit").limits.get("max_episodes")
     if limit is not None and request.episode > limit:
         reason = f"episode {request.episode} is beyond the run's budget of {limit} episodes"
         registry.add_event(
@@ -101,32 +102,60 @@ def commit(store: StoreContext, request: SaveRequest) -> CheckpointRecord:
         bytes=manifest.total_bytes,
         created_at=manifest.created_at,
     )
-    try:
-        verdict = registry.commit_checkpoint(record, writer={**writer.as_dict(), "staging": staging.name})
-    except (RegistryError, OSError) as error:
-        # The outcome is unknown: the connection may have died after COMMIT was sent. Ask again; only a
-        # definite "not committed" may delete the staged files - a guess could delete a committed checkpoint.
-        try:
-            found = store.registry.find_checkpoint(run, request.name)
-        except RegistryError:
-            raise CommitOutcomeUnknown(str(staging), error) from error  # staging kept for recovery
-        if found is None or found.manifest_hash != manifest_hash:
-            remove_tree(staging, root=store.root)
-            raise CheckpointWriteError("registry", str(staging), error) from error
-    else:
-        if not verdict.accepted:
-            _set_aside(store, staging, request, verdict.reason, fenced=verdict.fenced)
-            if verdict.fenced:
-                lease.lost_reason = verdict.reason
-                raise CommitFenced(run, request.name, lease.token, verdict.reason)
-            raise CommitRefused(run, request.name, lease.token, verdict.reason)
+    verdict = _decide(store, lease, record, {**writer.as_dict(), "staging": staging.name}, staging)
+    if not verdict.accepted:
+        _set_aside(store, staging, request, verdict.reason, fenced=verdict.fenced)
+        if verdict.fenced:
+            lease.lost_reason = verdict.reason
+            raise CommitFenced(run, request.name, lease.token, verdict.reason)
+        raise CommitRefused(run, request.name, lease.token, verdict.reason)
 
     # 7. roll forward: from here on the checkpoint exists whatever happens to this process
     try:
         move_dir(staging, store.root / request.name, root=store.root, step="rename", fsync_step="store-fsync")
     except StepFailed as failed:
         raise CheckpointWriteError(failed.step, failed.path, failed.cause, committed=True) from failed.cause
-    return registry.checkpoint(run, request.name)
+    try:
+        return registry.checkpoint(run, request.name)
+    except RegistryError:
+        return record  # committed as recorded; the registry's copy adds only its row id
+
+
+def _decide(
+    store: StoreContext, lease: Lease, record: CheckpointRecord, writer: dict[str, Any], staging: Path
+) -> CommitVerdict:
+    """Step 6, retried while the lease is held when the registry cannot be reached. An attempt whose reply
+    was lost (the connection died after COMMIT was sent) may have committed: before trying again, ask -
+    and only a definite answer counts. Staged files are deleted only when the registry certainly did not
+    commit them; when nobody can tell, they are kept (``CommitOutcomeUnknown``) for recovery to judge."""
+    unresolved: BaseException | None = None  # an attempt whose outcome the registry has not told us
+
+    def attempt() -> CommitVerdict:
+        nonlocal unresolved
+        if unresolved is not None:
+            found = store.registry.find_checkpoint(store.run, record.name)
+            if found is not None and found.manifest_hash == record.manifest_hash:
+                return CommitVerdict(accepted=True)  # the lost reply said yes
+            unresolved = None  # certainly not ours: decide afresh
+        try:
+            return store.registry.commit_checkpoint(record, writer=writer)
+        except RegistryError as error:
+            unresolved = error
+            raise
+
+    try:
+        return lease.while_held(attempt, what="commit")
+    except LeaseLost as lost:
+        cause: BaseException = unresolved or lost
+        if unresolved is not None:
+            try:  # one last question: only a definite answer decides what happens to the staged files
+                found = store.registry.find_checkpoint(store.run, record.name)
+            except RegistryError:
+                raise CommitOutcomeUnknown(str(staging), cause) from cause
+            if found is not None and found.manifest_hash == record.manifest_hash:
+                return CommitVerdict(accepted=True)
+        remove_tree(staging, root=store.root)
+        raise CheckpointWriteError("registry", str(staging), cause) from cause
 
 
 def _write_staged(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from trainguard.errors import (
     CheckpointWriteError,
     CorruptCheckpoint,
     InvalidArgument,
+    RegistryError,
     RunNotFound,
     StateConflict,
 )
@@ -40,6 +42,7 @@ from trainguard.registry import (
     default_registry_url,
 )
 
+log = logging.getLogger("trainguard")
 LATEST = "latest"
 COMMITTED = (CheckpointState.COMMITTED,)
 
@@ -215,7 +218,7 @@ class CheckpointStore:
             raise InvalidArgument("episode", episode, "must be a non-negative integer")
         name = validate_name(default_name(episode, lease.token) if name is None else name, "checkpoint")
         if parent is None:
-            parent = self._last_saved or self._resumed_from()
+            parent = self._last_saved or lease.while_held(self._resumed_from, what="save")
         provenance = provenance or Provenance()
         request = SaveRequest(
             state=state,
@@ -232,7 +235,12 @@ class CheckpointStore:
         )
         record = commit(self._context, request)
         self._last_saved = record.name
-        self.prune()
+        try:
+            self.prune()
+        except RegistryError as error:
+            # Committed; retention is never urgent (the next save prunes again), so an unreachable registry
+            # here must not turn a successful save into an error.
+            log.warning("trainguard: retention after %s skipped (registry unreachable): %s", name, error)
         return record
 
     def _resumed_from(self) -> str | None:

@@ -20,8 +20,9 @@ from trainguard.budget import (
     Runtime,
     remaining,
 )
+from trainguard.errors import LeaseLost
 from trainguard.guard._stop import Stop, StopReason
-from trainguard.registry import Registry, RunRecord
+from trainguard.registry import Lease, Registry, RunRecord
 
 
 class BudgetAccount:
@@ -31,6 +32,7 @@ class BudgetAccount:
         run: RunRecord,
         limits: dict[str, Any],
         *,
+        lease: Lease,
         beat: float,
         warn: Callable[[str, float, float], None],
         clock: Callable[[], float] = time.monotonic,
@@ -44,13 +46,14 @@ class BudgetAccount:
             "episodes",
             limits.get("max_episodes"),
             run.episodes_spent,
-            reserve=lambda n: registry.charge(name, episodes=n),
+            # On the loop's path: a registry outage shorter than the lease is a pause, not a crash.
+            reserve=lambda n: lease.while_held(lambda: registry.charge(name, episodes=n), what="episodes"),
         )
         self.steps = ReservedCounter(
             "steps",
             limits.get("max_steps"),
             run.steps_spent,
-            reserve=lambda n: registry.charge(name, steps=n),
+            reserve=lambda n: lease.while_held(lambda: registry.charge(name, steps=n), what="steps"),
         )
         self.runtime = Runtime(limits.get("max_runtime"), run.runtime_spent, clock=clock)
         self.warnings = BudgetWarnings(float(limits.get("warn_at", 0.9)), emit=warn)
@@ -64,7 +67,10 @@ class BudgetAccount:
             return Stop(StopReason.EPISODES, f"{self.episodes.spent} of {limit} episodes spent")
         if limit is not None and episode > limit:
             return Stop(StopReason.EPISODES, f"episode {episode} is beyond the budget of {limit}")
-        self.episodes.ensure_reserved(1)
+        try:
+            self.episodes.ensure_reserved(1)
+        except LeaseLost as lost:  # the registry was unreachable for longer than the lease
+            return Stop(StopReason.LEASE_LOST, lost.reason)
         self.warnings.check("episodes", self.episodes.spent + 1, limit)
         return None
 
@@ -83,7 +89,10 @@ class BudgetAccount:
         limit = self.steps.limit
         if limit is not None and total >= limit:
             return Stop(StopReason.STEPS, f"{total} of {limit} steps spent")
-        self.steps.ensure_reserved(1)
+        try:
+            self.steps.ensure_reserved(1)
+        except LeaseLost as lost:
+            return Stop(StopReason.LEASE_LOST, lost.reason)
         self.warnings.check("steps", total, limit)
         return None
 
@@ -97,7 +106,9 @@ class BudgetAccount:
     def charge_runtime(self) -> None:
         """Keep the registry's runtime ahead of the time spent; pick up limits changed meanwhile (``budget
         extend``) from the row the charge returns, without a second query."""
-        self.refresh(self.registry.charge(self.run, runtime=self.runtime.charge_ahead(self.beat)))
+        self.refresh(
+            self.runtime.charge_ahead(self.beat, lambda due: self.registry.charge(self.run, runtime=due))
+        )
         self.warnings.check("runtime", self.runtime.spent, self.runtime.limit)
 
     def refresh(self, info: RunRecord) -> None:
@@ -151,11 +162,13 @@ class BudgetAccount:
     def settle(self, steps_total: int) -> None:
         """At a clean exit: refund what was reserved but not used, charge the runtime actually spent."""
         self.steps.spent = steps_total
-        self.registry.charge(
-            self.run,
-            episodes=-self.episodes.unused(),
-            steps=-max(0, self.steps.unused()),
-            runtime=self.runtime.settle(),
+        self.runtime.settle(
+            lambda correction: self.registry.charge(
+                self.run,
+                episodes=-self.episodes.unused(),
+                steps=-max(0, self.steps.unused()),
+                runtime=correction,
+            )
         )
 
 

@@ -162,6 +162,14 @@ class Guard(GuardState):
         if session is not None and session.heartbeat is not None:
             session.heartbeat.record_stop(stop)
 
+    def _take(self, stop: Stop) -> None:
+        """A stop the budget account decided: a lost lease (the registry unreachable for longer than the
+        lease) fences this process, any other ends the loop."""
+        if stop.reason is StopReason.LEASE_LOST:
+            self._fence(stop.detail)
+        else:
+            self._request(stop)
+
     def _fence(self, reason: str) -> None:
         """The lease is gone: nothing this process writes can be committed; end the loop at the next tick."""
         if self._fenced is None:
@@ -186,7 +194,7 @@ class Guard(GuardState):
                 if self._stop is not None:
                     return
                 if (stop := account.begin_episode(episode)) is not None:
-                    self._request(stop)
+                    self._take(stop)
                     return
                 self._episode = episode
                 try:
@@ -208,7 +216,7 @@ class Guard(GuardState):
         if self._stop is not None and not self._stop.graceful:
             return False
         if (stop := account.begin_episode(episode)) is not None:
-            self._request(stop)
+            self._take(stop)
             return False
         self._episode = episode
         account.end_episode()
@@ -229,7 +237,7 @@ class Guard(GuardState):
             return False
         account = self._require_session().account
         if (stop := account.reserve_steps(self._steps)) is not None:
-            self._request(stop)
+            self._take(stop)
             return False
         self._recompute_gate()
         return not self._must_stop_now()

@@ -9,6 +9,7 @@ exit): a signal handler must never touch the database, the main thread may be in
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -18,10 +19,13 @@ from typing import Any
 
 from trainguard._os.resources import tree_bytes, tree_rss
 from trainguard.budget import Budget, EffectiveLimits, over_ceiling, warn_log
+from trainguard.errors import RegistryError
 from trainguard.guard._account import BudgetAccount
 from trainguard.guard._runfiles import RunFiles
 from trainguard.guard._stop import BUDGET_REASONS, Stop, StopReason
 from trainguard.registry import EventKind, Lease, Registry
+
+log = logging.getLogger("trainguard")
 
 
 @dataclass(frozen=True)
@@ -61,18 +65,31 @@ class Heartbeat:
         self.lease_lost = lease_lost
         self.rss = 0
         self.disk = 0
+        self.unreachable = False  # the last beat could not reach the registry
         self.pending_events: collections.deque[tuple[EventKind, dict[str, Any]]] = collections.deque()
 
     # -- every beat -------------------------------------------------------------------------------
 
     def beat(self) -> None:
+        """One beat. The lease's renewal decides whether an unreachable registry ends the run (after the
+        lease's ttl, see ``Lease.keep_alive``); every other registry step of a beat is tried once and, if the
+        registry cannot be reached, again at the next beat - nothing is lost meanwhile (the runtime charge is
+        counted only once paid, events stay queued) and the local heartbeat file is written regardless."""
         progress = self.progress()
         if not progress.fenced and (lost := self.lease.keep_alive()) is not None:
             self.lease_lost(lost)
-        self.account.charge_runtime()
-        self.registry.record_heartbeat(self.run, self.lease.token, self.body(progress))
+        try:
+            self.account.charge_runtime()
+            self.registry.record_heartbeat(self.run, self.lease.token, self.body(progress))
+            self.flush_events()
+            self.unreachable = False
+        except RegistryError as error:
+            if not self.unreachable:  # once per outage (the lease logs when it is back)
+                log.warning(
+                    "trainguard: heartbeat of run %r not recorded (retried each beat): %s", self.run, error
+                )
+            self.unreachable = True
         self.write_file(progress)
-        self.flush_events()
 
     def body(self, progress: LoopProgress) -> dict[str, Any]:
         """The heartbeat row's detail (what the watchdog judges staleness and stalls by)."""
@@ -127,10 +144,11 @@ class Heartbeat:
 
     def flush_events(self) -> None:
         while self.pending_events:
-            kind, detail = self.pending_events.popleft()
+            kind, detail = self.pending_events[0]
             self.registry.add_event(
                 self.run, kind, token=self.lease.token, reason=detail.get("detail"), detail=detail
             )
+            self.pending_events.popleft()  # only once written: a registry outage keeps it queued
 
 
 __all__ = ["Heartbeat", "LoopProgress"]

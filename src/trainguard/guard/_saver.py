@@ -4,16 +4,19 @@ and auto-promoted when the config asks for it."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
 from trainguard.checkpoints import AsyncSaver, CheckpointStore, default_name
 from trainguard.config import TrainguardConfig
-from trainguard.errors import LeaseLost
+from trainguard.errors import LeaseLost, RegistryError
 from trainguard.fingerprint import Fingerprint
 from trainguard.promotion import auto_promote
 from trainguard.registry import CheckpointRecord, Lease
+
+log = logging.getLogger("trainguard")
 
 
 class SaveResult:
@@ -125,7 +128,12 @@ class Saver:
 
     def _committed(self, record: CheckpointRecord) -> CheckpointRecord:
         self.last_record = record
-        auto_promote(self.store, self.config, self.features, record)
+        try:
+            auto_promote(self.store, self.config, self.features, record)
+        except RegistryError as error:
+            # The save is committed; a promotion is never urgent and never guessed: the live pointer stays
+            # where it was, and `trainguard promote` (or the next save) can move it.
+            log.warning("trainguard: %s committed, not auto-promoted (registry down): %s", record.name, error)
         return record
 
     def _background_error(self, error: BaseException) -> None:

@@ -100,6 +100,7 @@ class Session:
                 registry,
                 registry.run(run),
                 limits,
+                lease=lease,
                 beat=lease.renewal_interval(config.monitoring.heartbeat_interval),
                 warn=lambda *_: None,  # replaced by the heartbeat's, which queues an event too
             )

@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import Any, Self
+from collections.abc import Callable
+from typing import Any, Self, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -38,6 +39,10 @@ from trainguard.registry._states import EventKind, LeaseState
 
 log = logging.getLogger("trainguard")
 DEFAULT_LEASE_TTL = 30.0
+T = TypeVar("T")
+# Retries of a registry that cannot be reached: quick at first (a dropped connection is usually back at
+# once), then at most once a second - far below any lease's renewal interval.
+_RETRY_FIRST, _RETRY_MAX = 0.05, 1.0
 
 
 class Lease:
@@ -54,6 +59,7 @@ class Lease:
         # Local view of expiry, measured from *before* the grant/renewal was requested, so it can only be
         # earlier than the registry's: used to fail fast, never to decide.
         self.local_deadline = time.monotonic() + ttl
+        self._unreachable_since: float | None = None  # when renewals started failing (None: they succeed)
 
     def __repr__(self) -> str:
         return f"Lease(run={self.run!r}, token={self.token}, ttl={self.ttl})"
@@ -91,10 +97,41 @@ class Lease:
         except LeaseLost as lost:
             return lost.reason
         except RegistryError as error:
-            log.warning("trainguard: lease renewal failed: %s", error)
+            if self._unreachable_since is None:  # once per outage, not once per beat
+                self._unreachable_since = time.monotonic()
+                log.warning("trainguard: lease renewal failed (retried until the ttl): %s", error)
             if not self.held_locally:
                 return f"registry unreachable for longer than the lease ttl ({error.reason})"
+            return None
+        if self._unreachable_since is not None:
+            outage, self._unreachable_since = time.monotonic() - self._unreachable_since, None
+            log.warning(
+                "trainguard: registry reachable again; lease of run %r renewed after %.1fs", self.run, outage
+            )
         return None
+
+    def while_held(self, operation: Callable[[], T], *, what: str) -> T:
+        """Run a registry operation of the training or monitor path, retrying while the registry cannot be
+        reached - for as long as this lease is still held locally, and no longer. An outage shorter than the
+        lease costs a pause; a longer one is the lease's end (nothing this process wrote could commit any
+        more), so this raises :class:`LeaseLost` and the holder fences itself."""
+        delay = _RETRY_FIRST
+        warned = False
+        while True:
+            try:
+                return operation()
+            except RegistryError as error:
+                if not self.held_locally:
+                    reason = f"registry unreachable for longer than the lease ttl ({error.reason})"
+                    self.lost_reason = self.lost_reason or reason
+                    raise LeaseLost(self.run, self.token, reason) from error
+                if not warned:
+                    log.warning(
+                        "trainguard: %s: registry unreachable, retrying within the lease: %s", what, error
+                    )
+                    warned = True
+                time.sleep(min(delay, max(0.0, self.local_deadline - time.monotonic())))
+                delay = min(2 * delay, _RETRY_MAX)
 
     def release(self) -> bool:
         return self.registry.release(self)

@@ -9,12 +9,13 @@ unmodified legacy script it keeps the lease alive and counts episodes from the c
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -28,12 +29,13 @@ from trainguard._os.resources import tree_rss
 from trainguard.budget import Budget, Runtime, over_ceiling
 from trainguard.checkpoints import CheckpointStore
 from trainguard.config import TrainguardConfig
-from trainguard.errors import ExitCode, InvalidArgument
+from trainguard.errors import ExitCode, InvalidArgument, RegistryError
 from trainguard.guard import REFUSALS, Stop, StopReason
 from trainguard.names import episode_pattern, meta_directory
 from trainguard.registry import EventKind, Lease, ProcessRole, Registry
 from trainguard.supervise import _linux as linux
 from trainguard.supervise._containment import Containment
+from trainguard.supervise._legacy import LegacyProgress, watched_episodes
 from trainguard.supervise._procs import marked_processes
 from trainguard.supervise._progress_line import ProgressLine
 from trainguard.supervise._reaping import reap_children, signal_group, wait_reaped
@@ -55,15 +57,6 @@ class LaunchOptions:
 
 
 @dataclass
-class _Progress:
-    beat_every: float
-    watch_dir: Path
-    seen: int | None = None  # highest episode among watched checkpoint files
-    last_new_file: float | None = None
-    legacy: bool = True  # no Guard has registered inside the child (yet)
-
-
-@dataclass
 class LaunchResult:
     exit_code: int
     stop: Stop | None  # why the launcher stopped the child; None when the child ended on its own
@@ -79,27 +72,6 @@ class LaunchResult:
         return "completed" if self.child_status == 0 else "failed"
 
 
-def _watched_episodes(directory: Path, pattern: re.Pattern[str]) -> tuple[int | None, float | None]:
-    """Highest episode among the checkpoint files a legacy script wrote, and when the newest appeared."""
-    best, newest = None, None
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return None, None
-    for entry in entries:
-        match = pattern.search(entry.name)
-        if not match:
-            continue
-        episode = int(match.group("episode"))
-        best = episode if best is None else max(best, episode)
-        try:
-            mtime = entry.stat().st_mtime
-        except OSError:
-            continue
-        newest = mtime if newest is None else max(newest, mtime)
-    return best, newest
-
-
 class Launcher:
     def __init__(self, config: TrainguardConfig, options: LaunchOptions) -> None:
         self.config = config
@@ -109,7 +81,7 @@ class Launcher:
             episode_pattern("watch_pattern", options.watch_pattern) if options.watch_pattern else None
         )
         self.stop: Stop | None = None
-        self.progress = _Progress(beat_every=0.0, watch_dir=Path())
+        self.progress = LegacyProgress(beat_every=0.0, watch_dir=Path())
         self._line = ProgressLine(self.run, enabled=options.progress)
         self._signals: list[int] = []
 
@@ -186,21 +158,33 @@ class Launcher:
         # The run's cgroup (or a record of descendants), made before the child: nothing it starts escapes.
         containment = Containment(store_path, self.run, lease.token)
         child = self._spawn(registry, lease, url, store_path, containment)
-        ids.append(
-            registry.register_process(
-                self.run, lease.token, ProcessRole.CHILD, ProcessIdentity.of(child.pid), pgid=child.pid
-            )
-        )
-        registry.add_event(
-            self.run,
-            EventKind.LAUNCHER_STARTED,
-            token=lease.token,
-            detail={"command": self.options.command, "child_pid": child.pid, "contained_by": containment.how},
-        )
+        child_identity = ProcessIdentity.of(child.pid)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        runtime = Runtime(self.settings.get("max_runtime"), registry.run(self.run).runtime_spent)
-        status, ladder, seen = None, None, None
+        status, ladder, seen, runtime = None, None, None, None
         try:
+            # From here the child exists: a registry that cannot be reached for longer than the lease ends it
+            # through the finally below (LeaseLost), never leaves it running unsupervised.
+            ids.append(
+                lease.while_held(
+                    lambda: registry.register_process(
+                        self.run, lease.token, ProcessRole.CHILD, child_identity, pgid=child.pid
+                    ),
+                    what="register the child",
+                )
+            )
+            how = containment.how
+            started = {"command": self.options.command, "child_pid": child.pid, "contained_by": how}
+            _best_effort(
+                functools.partial(
+                    registry.add_event,
+                    self.run,
+                    EventKind.LAUNCHER_STARTED,
+                    token=lease.token,
+                    detail=started,
+                )
+            )
+            spent = lease.while_held(lambda: registry.run(self.run).runtime_spent, what="read the budget")
+            runtime = Runtime(self.settings.get("max_runtime"), spent)
             with self._line:
                 ladder, seen = self._loop(
                     registry, lease, child, runtime, store_path, containment=containment
@@ -213,10 +197,11 @@ class Launcher:
             containment.close()
             if leftovers is not None and ladder is None:
                 ladder = leftovers
-            if self.progress.legacy and runtime.charged:  # settle the prepay: charge what was spent
-                registry.charge(self.run, runtime=runtime.settle())
+            if self.progress.legacy and runtime is not None and runtime.charged:  # settle the prepay
+                settle = functools.partial(runtime.settle, lambda fix: registry.charge(self.run, runtime=fix))
+                _best_effort(settle)
             for process_id in ids:
-                registry.end_process(process_id)
+                _best_effort(functools.partial(registry.end_process, process_id))
         return self._finish(registry, lease, status, ladder, seen)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -234,7 +219,7 @@ class Launcher:
     ) -> tuple[LadderResult | None, int | None]:
         """Supervise until the child exits (or is stopped); returns the ladder used, if any, and the highest
         episode seen in watched files."""
-        progress = self.progress = _Progress(
+        progress = self.progress = LegacyProgress(
             beat_every=lease.renewal_interval(self.config.monitoring.heartbeat_interval),
             watch_dir=self.options.watch_dir or store_path,
         )
@@ -261,22 +246,29 @@ class Launcher:
                 # Watched files are checked far more often than the heartbeat: the point is to stop the
                 # child as soon as the first checkpoint beyond the budget appears.
                 next_watch = time.monotonic() + _WATCH_EVERY
-                self._watch(registry, lease, progress)
+                _best_effort(lambda: self._watch(registry, lease, progress))
             if forwarded_at is None and time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + progress.beat_every
                 self._beat(registry, lease, runtime, child.pid, progress)
                 containment.observe()
-                self._line.update(registry)
+                _best_effort(lambda: self._line.update(registry))
             if self.stop is not None and forwarded_at is None:
                 # A budget or lease stop (a forwarded signal waits for the child above instead).
                 return run_ladder([child_target], grace=self.options.grace), progress.seen
             time.sleep(_POLL)
 
     def _beat(
-        self, registry: Registry, lease: Lease, runtime: Runtime, child_pid: int, progress: _Progress
+        self, registry: Registry, lease: Lease, runtime: Runtime, child_pid: int, progress: LegacyProgress
     ) -> None:
+        # The lease's renewal alone decides whether an unreachable registry ends the run (after its ttl);
+        # the accounting below is tried once per beat and, failing, again at the next (nothing is lost: a
+        # runtime charge counts only once paid).
         if (lost := lease.keep_alive()) is not None:
             self._stop(StopReason.LEASE_LOST, lost)
+        self._check_budget(runtime, child_pid)
+        _best_effort(lambda: self._account(registry, lease, runtime, progress))
+
+    def _account(self, registry: Registry, lease: Lease, runtime: Runtime, progress: LegacyProgress) -> None:
         # Until a Guard inside the child registers, the launcher accounts for the run (a legacy script
         # never will): runtime charged ahead, episodes from the files it writes, heartbeats for the watchdog.
         # The hand-off is one-way: once a Guard has accounted for this lease the launcher never takes the
@@ -292,22 +284,24 @@ class Launcher:
             if guards:
                 # Settle what the launcher charged up to the moment the Guard registered (its prepay would
                 # otherwise be counted on top of the Guard's own).
-                registry.charge(self.run, runtime=runtime.settle(until_wall=guards[0].registered_at))
+                runtime.settle(
+                    lambda correction: registry.charge(self.run, runtime=correction),
+                    until_wall=guards[0].registered_at,
+                )
                 progress.legacy = False
         if progress.legacy:
-            registry.charge(self.run, runtime=runtime.charge_ahead(progress.beat_every))
+            runtime.charge_ahead(progress.beat_every, lambda due: registry.charge(self.run, runtime=due))
             age = None if progress.last_new_file is None else time.time() - progress.last_new_file
             registry.record_heartbeat(
                 self.run,
                 lease.token,
                 {"pid": os.getpid(), "episode": progress.seen, "legacy": True, "last_progress_age": age},
             )
-        self._check_budget(runtime, child_pid)
 
-    def _watch(self, registry: Registry, lease: Lease, progress: _Progress) -> None:
+    def _watch(self, registry: Registry, lease: Lease, progress: LegacyProgress) -> None:
         if self.pattern is None:
             return
-        found, newest = _watched_episodes(progress.watch_dir, self.pattern)
+        found, newest = watched_episodes(progress.watch_dir, self.pattern)
         if found is None or (progress.seen is not None and found <= progress.seen):
             return
         if progress.legacy:
@@ -367,20 +361,31 @@ class Launcher:
         else:
             code = status
         result = LaunchResult(code, self.stop, status, seen, ladder)
-        registry.add_event(
-            self.run,
-            EventKind.LAUNCHER_EXITED,
-            token=lease.token,
-            reason=self.stop.detail if self.stop else result.reason,
-            detail={
-                "reason": result.reason,
-                "exit_code": code,
-                "child_status": status,
-                "ladder": ladder.as_dict() if ladder else None,
-                "episodes_seen": seen,
-            },
+        _best_effort(
+            lambda: registry.add_event(
+                self.run,
+                EventKind.LAUNCHER_EXITED,
+                token=lease.token,
+                reason=self.stop.detail if self.stop else result.reason,
+                detail={
+                    "reason": result.reason,
+                    "exit_code": code,
+                    "child_status": status,
+                    "ladder": ladder.as_dict() if ladder else None,
+                    "episodes_seen": seen,
+                },
+            )
         )
         return result
+
+
+def _best_effort(step: Callable[[], object]) -> None:
+    """A registry step the supervision must outlive: an unreachable registry is logged and the step is
+    skipped (the lease's renewal decides when an outage ends the run)."""
+    try:
+        step()
+    except RegistryError as error:
+        log.warning("trainguard run: registry unreachable, step skipped: %s", error)
 
 
 __all__ = ["LaunchOptions", "LaunchResult", "Launcher"]
