@@ -111,6 +111,7 @@ def sweep_cpu(scratch: Path, runs: int, rounds: int) -> None:
                         "heartbeat_interval": 60,
                         "stall_timeout": 3600,
                     },
+                    lease=lease,
                 )
                 for episode in (1, 2, 3):
                     store.save({"w": np.zeros(256, dtype=np.float32)}, episode=episode, lease=lease)

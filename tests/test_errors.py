@@ -4,6 +4,7 @@ line, without a traceback."""
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 import sys
@@ -107,6 +108,7 @@ def _cases(w: World) -> list[tuple[str, type[TrainguardError], Callable[[], obje
     reg, store, (a, b, c, d) = w.registry, w.store, w.names
     mine, other = reg.acquire("r", ttl=60), reg.acquire("other", ttl=60)
     extend, save, weights = reg.extend_budget, store.save, {"w": np.ones(1)}
+    limits = functools.partial(reg.apply_limits, lease=mine)
     config = load_config(_config(w.tmp))
     existing, adopt, evict = CheckpointStore.open_existing, adopt_directory, reg.set_checkpoint_state
     return [
@@ -114,7 +116,7 @@ def _cases(w: World) -> list[tuple[str, type[TrainguardError], Callable[[], obje
         ("Registry.run", RunNotFound, lambda: reg.run("nope")),
         ("Registry.revoke", RunNotFound, lambda: reg.revoke("nope", "why")),
         ("Registry.extend_budget", RunNotFound, lambda: extend("nope", episodes=1, reason="why")),
-        ("Registry.apply_limits", RunNotFound, lambda: reg.apply_limits("nope", {})),
+        ("Registry.apply_limits", RunNotFound, lambda: limits("nope", {})),
         ("Registry.set_limits", RunNotFound, lambda: reg.set_limits("nope", {})),
         ("Registry.charge", RunNotFound, lambda: reg.charge("nope", episodes=1)),
         ("a store of no run", RunNotFound, lambda: existing(store.root, run="nope")),
@@ -157,7 +159,7 @@ def _cases(w: World) -> list[tuple[str, type[TrainguardError], Callable[[], obje
         ("a missing config file", ConfigError, lambda: load_config(w.tmp / "absent.yaml")),
         ("a missing feature file", ConfigError, lambda: compute([str(w.tmp / "absent.yaml")])),
         ("an evaluator that is not there", ConfigError, lambda: load_evaluator("no_such_module:evaluate")),
-        ("a restart raising a limit", LimitRaised, lambda: reg.apply_limits("r", {"max_episodes": 500})),
+        ("a restart raising a limit", LimitRaised, lambda: limits("r", {"max_episodes": 500})),
         ("a registry URL", RegistryError, lambda: Registry.open("bogus://nowhere")),
     ]  # fmt: skip
 

@@ -47,7 +47,9 @@ def test_a_forged_refused_commit_does_not_get_another_users_process_killed(tmp_p
     store = tmp_path / "store"
     with _victim() as victim, CheckpointStore(store, run="attacker") as checkpoints:
         registry = checkpoints.registry
-        registry.apply_limits("attacker", {"rogue_action": "kill", "grace": 0.5})
+        registry.set_limits(
+            "attacker", {"rogue_action": "kill", "grace": 0.5}, reason="the attacker's own run"
+        )
         forged = {**_identity(victim.pid), "staging": "ep00000001-t1.forged"}
         registry.add_event(
             "attacker",
@@ -69,7 +71,7 @@ def test_a_forged_registration_does_not_get_another_users_process_killed(tmp_pat
     store = tmp_path / "store"
     with _victim() as victim, CheckpointStore(store, run="attacker") as checkpoints:
         registry = checkpoints.registry
-        registry.apply_limits("attacker", {"max_episodes": 5, "grace": 0.5})
+        registry.set_limits("attacker", {"max_episodes": 5, "grace": 0.5}, reason="the attacker's own run")
         registry.charge("attacker", episodes=10)  # over budget: the watchdog will want to stop the run
         # The attacker's lease, taken by a process that is gone by now...
         url = f"sqlite:///{store / '.trainguard' / 'registry.db'}"

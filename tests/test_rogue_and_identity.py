@@ -76,7 +76,7 @@ def test_detached_rogue_with_a_stale_token_is_refused_named_and_killed(tmp_path:
             Watchdog(registry, interval=1).sweep()
             assert is_same_process_alive(*rogue)
             # ...rogue_action: kill stops it.
-            registry.apply_limits("swt", {"rogue_action": "kill", "grace": 1.0})
+            registry.set_limits("swt", {**registry.run("swt").limits, "rogue_action": "kill", "grace": 1.0})
             report = Watchdog(registry, interval=1).sweep()
             stopped = [(f, ladder) for f, ladder in report.ladders if f.reason is Violation.ROGUE]
             assert stopped and stopped[0][1] is not None and rogue[0] in [p for p, _ in stopped[0][1].signals]

@@ -13,6 +13,7 @@ from trainguard.budget._limits import (
     EffectiveLimits,
     Remaining,
     extend_limits,
+    loosened_settings,
     merge_limits,
 )
 from trainguard.budget._rules import (
@@ -48,6 +49,7 @@ __all__ = [
     "budget_lines",
     "extend_limits",
     "heartbeat_interval",
+    "loosened_settings",
     "merge_limits",
     "over_ceiling",
     "overruns",

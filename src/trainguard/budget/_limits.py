@@ -109,6 +109,26 @@ def merge_limits(run: str, recorded: Mapping[str, Any], given: Mapping[str, Any]
     return effective
 
 
+# Supervision settings recorded with the limits, and which way is looser: a longer timing gives a runaway
+# more time before anyone acts; "report" instead of "kill" lets a rogue writer keep writing.
+_LONGER_IS_LOOSER = ("heartbeat_interval", "lease_ttl", "stall_timeout", "grace")
+_ACTION_STRICTNESS = {"kill": 1, "report": 0}
+
+
+def loosened_settings(recorded: Mapping[str, Any], effective: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """The supervision settings that ``effective`` makes looser than ``recorded``: key -> [before, after].
+    (Limits themselves never loosen here: :func:`merge_limits` refuses that.)"""
+    changes: dict[str, list[Any]] = {}
+    for key in _LONGER_IS_LOOSER:
+        before, after = recorded.get(key), effective.get(key)
+        if before is not None and after is not None and after > before:
+            changes[key] = [before, after]
+    before, after = recorded.get("rogue_action"), effective.get("rogue_action")
+    if before is not None and _ACTION_STRICTNESS.get(str(after), 0) < _ACTION_STRICTNESS.get(str(before), 0):
+        changes["rogue_action"] = [before, after]
+    return changes
+
+
 def extend_limits(
     run: str, limits: Mapping[str, Any], amounts: Mapping[str, float | None], *, reason: str
 ) -> tuple[dict[str, Any], dict[str, float]]:
@@ -147,5 +167,6 @@ __all__ = [
     "EffectiveLimits",
     "Remaining",
     "extend_limits",
+    "loosened_settings",
     "merge_limits",
 ]

@@ -90,12 +90,13 @@ class Session:
                 format=config.checkpoints.format,
                 validation=Validation(decode=config.monitoring.checkpoint_validation),
             )
-            limits = registry.apply_limits(run, config.effective_limits())
             token = os.environ.get(environment.LEASE_TOKEN) if launched_for else None
             if token:
                 lease, adopted = registry.adopt(run, int(token)), True
             else:
                 lease = registry.acquire(run, ttl=config.monitoring.lease_ttl, reason="guard")
+            # Under the lease: a Guard refused the lease (LeaseHeld above) changes nothing of the live run.
+            limits = registry.apply_limits(run, config.effective_limits(), lease=lease)
             account = BudgetAccount(
                 registry,
                 registry.run(run),

@@ -9,20 +9,28 @@ from typing import Any
 
 from sqlalchemy import Row, select, update
 
-from trainguard.budget import extend_limits, merge_limits
-from trainguard.errors import RunNotFound
+from trainguard.budget import extend_limits, loosened_settings, merge_limits
+from trainguard.errors import LeaseLost, RunNotFound
 from trainguard.registry import _schema as t
-from trainguard.registry._core import RegistryCore
+from trainguard.registry._leases import Lease, LeaseOps
 from trainguard.registry._records import RunRecord
 from trainguard.registry._states import EventKind
 
 
-class BudgetOps(RegistryCore):
-    def apply_limits(self, run: str, given: dict[str, Any], *, source: str = "config") -> dict[str, Any]:
+class BudgetOps(LeaseOps):
+    def apply_limits(
+        self, run: str, given: dict[str, Any], *, lease: Lease, source: str = "config"
+    ) -> dict[str, Any]:
         """Record the limits a process starts with and return the run's effective limits: the rule of
-        :func:`trainguard.budget.merge_limits` (tighten, never raise), applied under the run's lock."""
+        :func:`trainguard.budget.merge_limits` (tighten, never raise), applied under the run's lock - and
+        only by the holder of the run's live lease (:class:`LeaseLost` otherwise): a process refused the
+        lease must not rewrite the supervision of the run that holds it. A setting made looser (a longer
+        timeout, ``rogue_action: report``) is an event of its own, naming the holder and the source."""
         with self._transaction() as conn:
             recorded = self._lock_run(conn, run).limits
+            live, why = self._lease_check(conn, run, lease.token)
+            if not live:
+                raise LeaseLost(run, lease.token, f"limits are set only under the live lease: {why}")
             effective = merge_limits(run, recorded, given)
             if effective != recorded:
                 conn.execute(
@@ -32,9 +40,19 @@ class BudgetOps(RegistryCore):
                     conn,
                     run,
                     EventKind.LIMITS_SET,
+                    token=lease.token,
                     reason=f"started with {source}",
                     detail={"limits": effective, "previous": recorded},
                 )
+                if loosened := loosened_settings(recorded, effective):
+                    self._record_event(
+                        conn,
+                        run,
+                        EventKind.LIMITS_LOOSENED,
+                        token=lease.token,
+                        reason=f"{source} (lease token {lease.token}) loosened {', '.join(sorted(loosened))}",
+                        detail={"changes": loosened},
+                    )
         return effective
 
     def extend_budget(self, run: str, *, reason: str, **amounts: float | None) -> dict[str, Any]:

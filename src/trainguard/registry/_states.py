@@ -39,6 +39,7 @@ class EventKind(StrEnum):
     RUN_CREATED = "run_created"
     STORE_MOVED = "store_moved"
     LIMITS_SET = "limits_set"
+    LIMITS_LOOSENED = "limits_loosened"  # a restart made a supervision setting looser (with its reason)
     BUDGET_EXTENDED = "budget_extended"
     BUDGET_WARNING = "budget_warning"
     BUDGET_EXHAUSTED = "budget_exhausted"

@@ -94,11 +94,12 @@ class Launcher:
         registry = Registry.open(url)
         try:
             CheckpointStore(store_path, run=self.run, registry=registry).close()  # creates and recovers it
-            self.settings = registry.apply_limits(
-                self.run, self.config.effective_limits(), source="trainguard run"
-            )
             lease = registry.acquire(self.run, ttl=self.config.monitoring.lease_ttl, reason="trainguard run")
             try:
+                # Under the lease: a launcher refused the lease must not rewrite the live run's settings.
+                self.settings = registry.apply_limits(
+                    self.run, self.config.effective_limits(), lease=lease, source="trainguard run"
+                )
                 return self._supervise(registry, lease, store_path, url)
             finally:
                 if lease.lost_reason is None:
