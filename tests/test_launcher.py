@@ -136,7 +136,16 @@ def test_a_sigkilled_launcher_leaves_no_survivors_after_one_sweep(tmp_path: Path
     with spawned(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as launcher:
         try:
             levels = ("level1", "level2", "level3", "daemon")
-            wait_until(lambda: all(Path(f"{pids_file}.{level}").exists() for level in levels), timeout=30)
+            # Written, not just created: the helper opens each file before it writes the identity into it.
+            wait_until(
+                lambda: all(
+                    len(Path(f"{pids_file}.{level}").read_text().split()) == 2
+                    if Path(f"{pids_file}.{level}").exists()
+                    else False
+                    for level in levels
+                ),
+                timeout=30,
+            )
             for level in levels:
                 pid_text, start_text = Path(f"{pids_file}.{level}").read_text().split()
                 tree.append((int(pid_text), int(start_text)))

@@ -12,6 +12,7 @@ _PACKAGES = {
     "torch": ("torch", "torch"),
     "psycopg": ("psycopg", "postgres"),
     "matplotlib": ("matplotlib", "report"),
+    "cryptography": ("cryptography", "signing"),
 }
 
 

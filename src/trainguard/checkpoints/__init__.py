@@ -11,6 +11,7 @@ from trainguard.checkpoints._recovery import RecoveryReport
 from trainguard.checkpoints.adopt import AdoptionReport, adopt_directory
 from trainguard.checkpoints.async_writer import AsyncSaver
 from trainguard.checkpoints.manifest import Manifest
+from trainguard.checkpoints.signing import Signing, generate_key, signing_of
 from trainguard.checkpoints.store import LATEST, CheckpointStore, LoadedCheckpoint, Provenance, default_name
 
 __all__ = [
@@ -23,11 +24,14 @@ __all__ = [
     "Problem",
     "Provenance",
     "RecoveryReport",
+    "Signing",
     "Validation",
     "Validator",
     "VerifyReport",
     "adopt_directory",
     "bound_to",
     "default_name",
+    "generate_key",
     "retention",
+    "signing_of",
 ]

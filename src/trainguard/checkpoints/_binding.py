@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trainguard._os.files import write_atomically
-from trainguard.errors import StateConflict
+from trainguard.errors import RegistryMismatch
 from trainguard.names import BINDING_FILE, meta_directory
 
 _MAX_BYTES = 64 << 10  # a binding is a few hundred bytes; never read an unbounded file
@@ -49,25 +49,21 @@ def bound_to(store: Path, registry_id: str) -> bool:
 
 
 def check_binding(store: Path, registry_id: str, registry_url: str) -> bool:
-    """Raise :class:`StateConflict` when ``store`` belongs to another registry; False when it has no
+    """Raise :class:`RegistryMismatch` when ``store`` belongs to another registry; False when it has no
     binding yet."""
     binding = read_binding(store)
     if binding is None:
         return False
     if binding["registry_id"] != registry_id:
-        raise StateConflict(
-            f"store {store}",
-            f"bound to registry {binding['registry_id']}",
-            f"{registry_url} is registry {registry_id}: open the store with the registry it was written "
-            "with (a registry replaced by an empty one would start a new lineage)",
-        )
+        given, bound = f"{registry_url} (registry {registry_id})", binding["registry_id"]
+        raise RegistryMismatch(str(store), given, f"bound to registry {bound}")
     return True
 
 
-def bind(store: Path, registry_id: str, registry_url: str) -> None:
+def bind(store: Path, registry_id: str, registry_url: str, *, rebind: bool = False) -> None:
     """Record that ``store`` belongs to ``registry_id`` (a writer's first open); an existing binding to
-    another registry raises."""
-    if check_binding(store, registry_id, registry_url):
+    another registry raises, unless ``rebind`` (a registry rebuilt from the store's signed manifests)."""
+    if not rebind and check_binding(store, registry_id, registry_url):
         return
     meta_directory(store).mkdir(parents=True, exist_ok=True)
     body = {"registry_id": registry_id, "registry": registry_url, "bound_at": time.time()}

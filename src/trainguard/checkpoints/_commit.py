@@ -28,12 +28,14 @@ from trainguard.checkpoints._tree import UnsupportedValue
 from trainguard.checkpoints.codecs import AdoptedFile, NonFiniteValues, validate_staged, write_state
 from trainguard.checkpoints.layout import StagingName, staging_root
 from trainguard.checkpoints.manifest import MANIFEST_FILE, Manifest
+from trainguard.checkpoints.signing import SIGNATURE_FILE, signature_bytes
 from trainguard.errors import (
     CheckpointRejected,
     CheckpointWriteError,
     CommitFenced,
     CommitOutcomeUnknown,
     CommitRefused,
+    InvalidArgument,
     LeaseLost,
     RegistryError,
 )
@@ -64,6 +66,11 @@ def commit(store: StoreContext, request: SaveRequest) -> CheckpointRecord:
     writer = registry.identity
     # 1. fail fast on what this process already knows (the registry re-checks all of it in step 6)
     lease.check()
+    if (gone := registry.replaced()) is not None:  # committing into a deleted registry commits nothing
+        lease.lost_reason = gone
+        raise LeaseLost(run, lease.token, gone)
+    if store.signing.required and store.signing.key is None:
+        raise InvalidArgument("signing.key", None, "signing is required here: a writer needs the private key")
     limit = lease.while_held(lambda: registry.run(run), what="commit").limits.get("max_episodes")
     if limit is not None and request.episode > limit:
         reason = f"episode {request.episode} is beyond the run's budget of {limit} episodes"
@@ -187,8 +194,12 @@ def _write_staged(
             validate_staged(staging, files)
         for hook in store.validation.hooks:
             hook(staging, manifest)
-        # 5. the manifest, then the directory entries, made durable
-        manifest_hash = write_small_file(staging / MANIFEST_FILE, manifest.to_bytes(), step="manifest")
+        # 5. the manifest (and its signature, when a key is configured), then the directory entries, durable
+        manifest_bytes = manifest.to_bytes()
+        manifest_hash = write_small_file(staging / MANIFEST_FILE, manifest_bytes, step="manifest")
+        if store.signing.key is not None:
+            signed = signature_bytes(store.signing.key, manifest_bytes)
+            write_small_file(staging / SIGNATURE_FILE, signed, step="sign")
         fsync_dir(staging, step="dir-fsync")
     except StepFailed as failed:
         raise CheckpointWriteError(failed.step, failed.path, failed.cause) from failed.cause

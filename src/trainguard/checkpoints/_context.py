@@ -8,10 +8,11 @@ registry decides, and how to encode and validate.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainguard.checkpoints.manifest import Manifest
+from trainguard.checkpoints.signing import Signing
 from trainguard.registry import Registry
 
 # A validator gets the staging directory and the manifest about to be written; raising rejects the save.
@@ -38,6 +39,7 @@ class StoreContext:
     registry: Registry
     format: str
     validation: Validation
+    signing: Signing = field(default_factory=Signing)
 
 
 __all__ = ["StoreContext", "Validation", "Validator"]

@@ -12,6 +12,7 @@ import numpy as np
 from trainguard._os.hashing import hash_file, read_and_hash
 from trainguard.checkpoints.codecs import read_state
 from trainguard.checkpoints.manifest import MANIFEST_FILE, Manifest
+from trainguard.checkpoints.signing import SIGNATURE_FILE, Signing, check_signature
 from trainguard.errors import CorruptCheckpoint
 
 
@@ -38,8 +39,19 @@ class VerifyReport:
         }
 
 
-def read_manifest(name: str, directory: Path, manifest_hash: str) -> Manifest:
-    """The manifest, after checking its hash against the registry's."""
+@dataclass(frozen=True)
+class Expected:
+    """What the registry says a checkpoint is, and what signatures the store demands of it."""
+
+    run: str
+    name: str
+    manifest_hash: str
+    signing: Signing = field(default_factory=Signing)
+
+
+def read_manifest(expected: Expected, directory: Path) -> Manifest:
+    """The manifest, after checking its hash against the registry's and its signature."""
+    name, manifest_hash = expected.name, expected.manifest_hash
     path = directory / MANIFEST_FILE
     try:
         data, digest = read_and_hash(path)
@@ -52,20 +64,24 @@ def read_manifest(name: str, directory: Path, manifest_hash: str) -> Manifest:
         raise CorruptCheckpoint(
             name, str(path), f"hash {digest} does not match the registry's {manifest_hash}"
         )
+    check_signature(name, directory, bytes(data), expected.signing)
     try:
         manifest = Manifest.from_bytes(bytes(data))
     except ValueError as error:
         raise CorruptCheckpoint(name, str(path), str(error)) from error
-    if manifest.name != name:
-        raise CorruptCheckpoint(name, str(path), f"manifest is for checkpoint {manifest.name!r}")
+    if manifest.name != name or manifest.run != expected.run:
+        raise CorruptCheckpoint(
+            name, str(path), f"manifest is for checkpoint {manifest.name!r} of run {manifest.run!r}"
+        )
     return manifest
 
 
-def verify_dir(name: str, directory: Path, manifest_hash: str) -> VerifyReport:
-    """Every file's size and hash against the manifest, the manifest's hash against the registry, and no
-    file that the manifest does not list."""
+def verify_dir(expected: Expected, directory: Path) -> VerifyReport:
+    """Every file's size and hash against the manifest, the manifest's hash against the registry and its
+    signature, and no file that the manifest does not list."""
+    name = expected.name
     try:
-        manifest = read_manifest(name, directory, manifest_hash)
+        manifest = read_manifest(expected, directory)
     except CorruptCheckpoint as error:
         return VerifyReport(name, (Problem(error.file, error.reason),))
     problems = []
@@ -83,7 +99,7 @@ def verify_dir(name: str, directory: Path, manifest_hash: str) -> VerifyReport:
             problems.append(Problem(str(path), f"size {size} bytes, manifest says {record.bytes}"))
         elif digest != record.hash:
             problems.append(Problem(str(path), f"hash {digest} does not match the manifest's {record.hash}"))
-    listed = {r.path for r in manifest.files} | {MANIFEST_FILE}
+    listed = {r.path for r in manifest.files} | {MANIFEST_FILE, SIGNATURE_FILE}
     problems.extend(
         Problem(str(directory / extra), "not listed in the manifest")
         for extra in sorted(set(os.listdir(directory)) - listed)
@@ -91,9 +107,10 @@ def verify_dir(name: str, directory: Path, manifest_hash: str) -> VerifyReport:
     return VerifyReport(name, tuple(problems))
 
 
-def load_dir(name: str, directory: Path, manifest_hash: str) -> tuple[Any, Manifest]:
+def load_dir(expected: Expected, directory: Path) -> tuple[Any, Manifest]:
     """Read every file once, hashing as it is read; decode only when every hash matched."""
-    manifest = read_manifest(name, directory, manifest_hash)
+    name = expected.name
+    manifest = read_manifest(expected, directory)
     contents: dict[str, np.ndarray] = {}
     for record in manifest.files:
         path = directory / record.path
@@ -109,4 +126,4 @@ def load_dir(name: str, directory: Path, manifest_hash: str) -> tuple[Any, Manif
     return read_state(name, contents), manifest
 
 
-__all__ = ["Problem", "VerifyReport", "load_dir", "read_manifest", "verify_dir"]
+__all__ = ["Expected", "Problem", "VerifyReport", "load_dir", "read_manifest", "verify_dir"]

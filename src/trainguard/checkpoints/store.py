@@ -6,7 +6,6 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -16,17 +15,21 @@ from trainguard.checkpoints._commit import SaveRequest, commit
 from trainguard.checkpoints._context import StoreContext, Validation
 from trainguard.checkpoints._durable import StepFailed, entry_exists, make_dir
 from trainguard.checkpoints._quarantine import discard, quarantine_path, release_path
-from trainguard.checkpoints._reading import VerifyReport, load_dir, read_manifest, verify_dir
+from trainguard.checkpoints._reading import Expected, VerifyReport, load_dir, read_manifest, verify_dir
 from trainguard.checkpoints._recovery import RecoveryReport, find_staged, recover
+from trainguard.checkpoints._values import LoadedCheckpoint, Provenance, default_name
 from trainguard.checkpoints.codecs import FORMATS
 from trainguard.checkpoints.layout import check_layout, quarantine_root, staging_root
 from trainguard.checkpoints.manifest import Manifest
+from trainguard.checkpoints.rebuild import holds_checkpoints_of
+from trainguard.checkpoints.signing import Signing
 from trainguard.errors import (
     CheckpointNotFound,
     CheckpointWriteError,
     CorruptCheckpoint,
     InvalidArgument,
     RegistryError,
+    RegistryMismatch,
     RunNotFound,
     StateConflict,
 )
@@ -47,43 +50,14 @@ LATEST = "latest"
 COMMITTED = (CheckpointState.COMMITTED,)
 
 
-@dataclass(frozen=True)
-class LoadedCheckpoint:
-    """A verified checkpoint: ``state`` decoded only after every hash matched."""
-
-    state: Any
-    record: CheckpointRecord
-    manifest: Manifest
-
-    @property
-    def name(self) -> str:
-        return self.record.name
-
-    @property
-    def episode(self) -> int:
-        return self.record.episode
-
-
-@dataclass(frozen=True)
-class Provenance:
-    """Where a checkpoint came from, beyond its run and writer: recorded in its manifest, never judged."""
-
-    code_hash: str | None = None
-    config_hash: str | None = None
-    origin: dict[str, Any] | None = None  # e.g. {"adopted_from": path} for a legacy checkpoint
-
-
-def default_name(episode: int, token: int) -> str:
-    # The token is part of the name: after a takeover the new holder may save the same episode again.
-    return f"ep{episode:08d}-t{token}"
-
-
 class CheckpointStore:
     """The checkpoints of one run under ``root``.
 
     ``registry`` is a :class:`Registry` or a URL; by default ``<root>/.trainguard/registry.db``. A writer
     (the default) creates what is missing, binds the store to its registry, records the run's store and runs
-    recovery (see ``_recovery``) unless ``recover_on_open=False``. ``create_run=False`` opens an existing
+    recovery (see ``_recovery``) unless ``recover_on_open=False``. ``signing`` (see
+    :mod:`trainguard.checkpoints.signing`): the key manifests are signed with and checked against; by default
+    from the environment. ``create_run=False`` opens an existing
     store of a known run and changes nothing on open (see :meth:`open_existing`); ``read_only=True`` also
     opens the registry so that it cannot write (a read-only store can be listed, verified and served).
     """
@@ -101,6 +75,7 @@ class CheckpointStore:
         foreign_grace: float = 10 * DEFAULT_LEASE_TTL,
         create_run: bool = True,
         read_only: bool = False,
+        signing: Signing | None = None,
     ) -> None:
         self.run = validate_name(run, "run")
         if format not in FORMATS:
@@ -126,7 +101,15 @@ class CheckpointStore:
         self.retention = retention_policy or retention.keep_all
         self.foreign_grace = foreign_grace
         self.read_only = read_only
-        self._context = StoreContext(self.root, self.run, self.registry, format, validation or Validation())
+        self._context = StoreContext(
+            self.root,
+            self.run,
+            self.registry,
+            format,
+            validation or Validation(),
+            # Not given: from $TRAINGUARD_SIGNING_KEY / _PUBLIC_KEY / _SIGNING_REQUIRED (none: unsigned).
+            signing if signing is not None else Signing.from_paths(),
+        )
         self._last_saved: str | None = None
         try:
             self._attach(writer)
@@ -138,6 +121,15 @@ class CheckpointStore:
     def _attach(self, writer: bool) -> None:
         """Check (a reader) or make (a writer) the store's binding to its registry and the run's record."""
         if writer:
+            check_binding(self.root, self.registry.registry_id, self.registry.url)
+            if self.registry.run_info(self.run) is None and holds_checkpoints_of(self.root, self.run):
+                # A deleted registry recreated empty (or a store without a binding yet): starting the run
+                # again here would hand out token 1 and budgets from 0 beside its committed checkpoints.
+                raise RegistryMismatch(
+                    str(self.root),
+                    self.registry.url,
+                    f"holding committed checkpoints of run {self.run!r}, which that registry has never seen",
+                )
             bind(self.root, self.registry.registry_id, self.registry.url)
             self.registry.ensure_run(self.run, store=self.root)
             return
@@ -155,6 +147,7 @@ class CheckpointStore:
         format: str = "safetensors",
         recover: bool = False,
         read_only: bool = False,
+        signing: Signing | None = None,
     ) -> CheckpointStore:
         """A store whose run must already be in the registry - what readers and operators open. Nothing is
         created or repaired on open (``recover=True``: recovery runs); ``read_only=True``: nothing at all is
@@ -169,6 +162,7 @@ class CheckpointStore:
             recover_on_open=recover,
             create_run=False,
             read_only=read_only,
+            signing=signing,
         )
 
     @property
@@ -276,6 +270,9 @@ class CheckpointStore:
                 return place
         return find_staged(self.root, record) or places[0]
 
+    def _expected(self, record: CheckpointRecord) -> Expected:
+        return Expected(self.run, record.name, record.manifest_hash, self._context.signing)
+
     def _conflict(self, record: CheckpointRecord, rule: str) -> StateConflict:
         state = f"{record.state.value} ({record.state_reason or 'no reason'})"
         return StateConflict(f"checkpoint {record.name!r} of run {self.run!r}", state, rule)
@@ -285,20 +282,20 @@ class CheckpointStore:
         record = self.record(name)
         if record.state is not CheckpointState.COMMITTED:
             raise self._conflict(record, "only committed checkpoints load")
-        state, manifest = load_dir(record.name, self._directory(record), record.manifest_hash)
+        state, manifest = load_dir(self._expected(record), self._directory(record))
         return LoadedCheckpoint(state, record, manifest)
 
     def manifest(self, name: str = LATEST) -> Manifest:
         """A checkpoint's manifest (its hash checked against the registry), without reading its data."""
         record = self.record(name)
-        return read_manifest(record.name, self._directory(record), record.manifest_hash)
+        return read_manifest(self._expected(record), self._directory(record))
 
     def verify(self, name: str = LATEST) -> VerifyReport:
         """Check hashes of a committed or quarantined checkpoint; a report (value), not an exception."""
         record = self.record(name)
         if record.state is CheckpointState.EVICTED:
             raise self._conflict(record, "its files are gone; there is nothing to verify")
-        return verify_dir(record.name, self._directory(record), record.manifest_hash)
+        return verify_dir(self._expected(record), self._directory(record))
 
     # -- pins, quarantine, retention ----------------------------------------------------------------
 
@@ -342,7 +339,7 @@ class CheckpointStore:
         if record.state is not CheckpointState.QUARANTINED:
             raise self._conflict(record, "only a quarantined checkpoint can be released")
         parked = quarantine_root(self.root) / record.name
-        report = verify_dir(record.name, parked, record.manifest_hash)
+        report = verify_dir(self._expected(record), parked)
         if not report.ok:
             problem = report.problems[0]
             raise CorruptCheckpoint(record.name, problem.file, f"cannot be released: {problem.reason}")

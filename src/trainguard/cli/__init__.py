@@ -18,9 +18,11 @@ from trainguard.cli import (
     ckpt,
     config,
     incident,
+    key,
     promote,
     ps,
     recover,
+    registry,
     report,
     rollback,
     run,
@@ -46,6 +48,8 @@ COMMANDS = (
     rollback,
     recover,
     config,
+    key,
+    registry,
     report,
 )
 

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from trainguard.checkpoints import CheckpointStore
+from trainguard.checkpoints.signing import signing_of
 from trainguard.config import TrainguardConfig, load_config
 from trainguard.config.units import parse_duration
 from trainguard.errors import InvalidArgument
@@ -128,6 +129,7 @@ def open_store(location: Location, *, recover: bool = False, read_only: bool = F
         format=fmt,
         recover=recover,
         read_only=read_only,
+        signing=signing_of(location.config),
     )
 
 

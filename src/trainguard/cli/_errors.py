@@ -5,7 +5,7 @@ the CLI knows its commands and flags, so that wording lives here."""
 from __future__ import annotations
 
 from trainguard.budget import EXTENDABLE
-from trainguard.errors import MISSING, ConfigError, LeaseHeld, LimitRaised, TrainguardError
+from trainguard.errors import MISSING, ConfigError, LeaseHeld, LimitRaised, RegistryMismatch, TrainguardError
 
 
 def hint(error: TrainguardError) -> str | None:
@@ -17,6 +17,8 @@ def hint(error: TrainguardError) -> str | None:
         if budget is not None:
             return f"trainguard budget extend {error.run} --{budget} N --reason TEXT"
         return None
+    if isinstance(error, RegistryMismatch):
+        return f"trainguard registry rebuild --store {error.store} --public-key KEY.pub --reason TEXT"
     if isinstance(error, LeaseHeld):
         return f"trainguard stop {error.run} --reason TEXT stops the holder"
     if isinstance(error, ConfigError) and error.key == "run" and error.value is MISSING:

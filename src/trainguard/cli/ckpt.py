@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from trainguard import fingerprint as fp
-from trainguard.checkpoints import CheckpointStore, adopt_directory, retention
+from trainguard.checkpoints import CheckpointStore, adopt_directory, retention, signing_of
 from trainguard.cli._common import (
     ArgumentParser,
     add_location_args,
@@ -190,7 +190,9 @@ def cmd_adopt(args: argparse.Namespace) -> int:
     location = locate(args)
     features = fp.compute(args.features) if args.features else None
     location.store.mkdir(parents=True, exist_ok=True)
-    with CheckpointStore(location.store, run=location.run, registry=location.registry_url) as store:
+    signing = signing_of(location.config)
+    url = location.registry_url
+    with CheckpointStore(location.store, run=location.run, registry=url, signing=signing) as store:
         ttl = location.config.monitoring.lease_ttl if location.config else 30.0
         with store.registry.acquire(location.run, ttl=ttl, reason="ckpt adopt") as lease:
             report = adopt_directory(store, directory, args.pattern, lease, features)

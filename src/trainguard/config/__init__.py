@@ -12,6 +12,7 @@ from trainguard.config._models import (
     Gates,
     Limits,
     Monitoring,
+    SigningSettings,
     TrainguardConfig,
     Watchdog,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "Gates",
     "Limits",
     "Monitoring",
+    "SigningSettings",
     "TrainguardConfig",
     "Watchdog",
     "load_config",

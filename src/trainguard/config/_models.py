@@ -147,6 +147,24 @@ class Failsafes(_Section):
         return value
 
 
+class SigningSettings(_Section):
+    """Signed manifests (``trainguard.checkpoints.signing``): ``key`` signs (writers), ``public_key``
+    checks (readers; defaults to the key's own), ``required`` refuses unsigned checkpoints. Paths are
+    relative to the config file; ``signing: required`` is short for ``{required: true}`` with the keys
+    from the environment."""
+
+    key: Path | None = None
+    public_key: Path | None = None
+    required: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: object) -> object:
+        if value in ("required", "optional"):
+            return {"required": value == "required"}
+        return value
+
+
 class TrainguardConfig(_Section):
     run: str | None = None
     store: Path | None = None
@@ -158,6 +176,7 @@ class TrainguardConfig(_Section):
     watchdog: Watchdog = Field(default_factory=Watchdog)
     gates: Gates = Field(default_factory=Gates)
     failsafes: Failsafes = Field(default_factory=Failsafes)
+    signing: SigningSettings = Field(default_factory=SigningSettings)
     # Not from the file: where it came from, for resolving relative paths and for messages.
     source: Path | None = Field(default=None, exclude=True)
 
@@ -193,6 +212,15 @@ class TrainguardConfig(_Section):
         base = self.source.parent if self.source else Path.cwd()
         return (base / "checkpoints" / self.require_run()).resolve()
 
+    def signing_paths(self) -> tuple[Path | None, Path | None]:
+        """(private key, public key) as configured, relative paths resolved against the config file."""
+        base = self.source.parent if self.source else Path.cwd()
+
+        def resolved(path: Path | None) -> Path | None:
+            return None if path is None else (base / path.expanduser()).resolve()
+
+        return resolved(self.signing.key), resolved(self.signing.public_key)
+
     def registry_url(self) -> str:
         """The registry: as configured, or the default one inside the store."""
         return self.registry or default_registry_url(self.store_path())
@@ -219,6 +247,7 @@ __all__ = [
     "Gates",
     "Limits",
     "Monitoring",
+    "SigningSettings",
     "TrainguardConfig",
     "Watchdog",
 ]

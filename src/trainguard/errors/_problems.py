@@ -24,6 +24,11 @@ class UnsafeCheckpoint(CorruptCheckpoint):
     """A file that would execute code when loaded (a pickle with globals); it is never loaded."""
 
 
+class SignatureRejected(CorruptCheckpoint):
+    """A checkpoint whose manifest signature is missing (where signatures are required), malformed, made with
+    another key, or does not match the manifest: refused like a corrupt checkpoint."""
+
+
 class CheckpointWriteError(TrainguardError, OSError):
     """A step of the commit protocol failed; ``step`` names it, ``committed`` says whether the registry had
     already decided (then the checkpoint is rolled forward by the next open, never lost)."""
@@ -109,6 +114,7 @@ __all__ = [
     "CommitOutcomeUnknown",
     "CorruptCheckpoint",
     "RegistryError",
+    "SignatureRejected",
     "UnsafeCheckpoint",
     "UnsafeStore",
 ]

@@ -125,6 +125,24 @@ class StateConflict(TrainguardError, RuntimeError):
         return f"{self.subject} is {self.state}: {self.rule}"
 
 
+class RegistryMismatch(StateConflict):
+    """A store opened with a registry that is not the one it was written with - another registry, or an
+    empty one where the store holds committed checkpoints (a deleted ``registry.db`` recreated): refused,
+    because it would silently start a new lineage (tokens from 1, budgets from 0). The way back is the
+    registry the store was written with, or one rebuilt from the store's signed manifests
+    (``trainguard.checkpoints.rebuild_registry``)."""
+
+    def __init__(self, store: str, registry: str, state: str) -> None:
+        self.store = store
+        self.registry = registry
+        super().__init__(
+            f"store {store}",
+            state,
+            f"{registry} is not the registry it was written with; open it with that one, or rebuild a "
+            "registry from the store's signed manifests",
+        )
+
+
 class FingerprintMismatch(TrainguardError, ValueError):
     """Resuming (or promoting, or serving) a checkpoint made with other input features."""
 
@@ -186,6 +204,7 @@ __all__ = [
     "LimitRaised",
     "MissingDependency",
     "NotSupported",
+    "RegistryMismatch",
     "RegistryNotFound",
     "RunNotFound",
     "StateConflict",

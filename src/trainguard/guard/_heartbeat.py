@@ -76,6 +76,9 @@ class Heartbeat:
         registry cannot be reached, again at the next beat - nothing is lost meanwhile (the runtime charge is
         counted only once paid, events stay queued) and the local heartbeat file is written regardless."""
         progress = self.progress()
+        if not progress.fenced and (gone := self.registry.replaced()) is not None:
+            self.lease_lost(gone)  # nothing this process commits from now on would be in the run's lineage
+            progress = self.progress()
         if not progress.fenced and (lost := self.lease.keep_alive()) is not None:
             self.lease_lost(lost)
         try:

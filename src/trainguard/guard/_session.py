@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainguard._os import environment
-from trainguard.checkpoints import CheckpointStore, Validation, retention
+from trainguard.checkpoints import CheckpointStore, Validation, retention, signing_of
 from trainguard.config import TrainguardConfig
 from trainguard.errors import ConfigError
 from trainguard.fingerprint import Fingerprint
@@ -89,6 +89,7 @@ class Session:
                 retention_policy=retention.from_config(config.checkpoints),
                 format=config.checkpoints.format,
                 validation=Validation(decode=config.monitoring.checkpoint_validation),
+                signing=signing_of(config),
             )
             token = os.environ.get(environment.LEASE_TOKEN) if launched_for else None
             if token:

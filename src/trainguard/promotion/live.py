@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trainguard import fingerprint as fp
-from trainguard.checkpoints import CheckpointStore, LoadedCheckpoint
+from trainguard.checkpoints import CheckpointStore, LoadedCheckpoint, Signing
 from trainguard.errors import CheckpointNotFound, FingerprintMismatch, InvalidArgument, StateConflict
 from trainguard.registry import Registry
 
@@ -44,9 +44,12 @@ def load(
     registry: Registry | str,
     features: FeatureSources = None,
     store: str | os.PathLike[str] | None = None,
+    signing: Signing | None = None,
 ) -> LoadedCheckpoint:
-    """The run's live checkpoint, hashes verified and fingerprint checked against ``features`` (the serving
-    side's own feature files). Raises instead of returning anything else."""
+    """The run's live checkpoint, hashes (and, with a public key configured, its signature) verified and
+    fingerprint checked against ``features`` (the serving side's own feature files). Raises instead of
+    returning anything else. ``signing``: by default from ``$TRAINGUARD_PUBLIC_KEY`` and
+    ``$TRAINGUARD_SIGNING_REQUIRED``."""
     expected = _features(features)
     reg, owned = _open(registry)
     try:
@@ -59,7 +62,9 @@ def load(
             raise InvalidArgument(
                 "store", None, f"the registry records no store for run {run!r}; pass store="
             )
-        with CheckpointStore.open_existing(root, run=run, registry=reg, read_only=True) as checkpoints:
+        with CheckpointStore.open_existing(
+            root, run=run, registry=reg, read_only=True, signing=signing
+        ) as checkpoints:
             loaded = checkpoints.load(name)  # refuses quarantined/evicted; verifies every hash first
         if loaded.manifest.fingerprint != (expected.digest if expected else None):
             raise FingerprintMismatch(
@@ -84,10 +89,12 @@ class LiveModel:
         features: FeatureSources = None,
         store: str | os.PathLike[str] | None = None,
         poll_interval: float = 5.0,
+        signing: Signing | None = None,
     ) -> None:
         self.run = run
         self.features = features
         self.store = store
+        self.signing = signing
         self.poll_interval = poll_interval
         self.registry, self._owned = _open(registry)
         self.last_error: BaseException | None = None
@@ -118,7 +125,13 @@ class LiveModel:
             if name is None or (self._current is not None and self._current.name == name):
                 return False
             try:
-                loaded = load(self.run, registry=self.registry, features=self.features, store=self.store)
+                loaded = load(
+                    self.run,
+                    registry=self.registry,
+                    features=self.features,
+                    store=self.store,
+                    signing=self.signing,
+                )
             except Exception as error:
                 # Keep serving what we have: a promotion that cannot be loaded and verified is not live here.
                 self.last_error = error

@@ -19,10 +19,11 @@ from trainguard.registry._records import (
     RunRecord,
     WatchdogRecord,
 )
+from trainguard.registry._restore import RestoreOps
 from trainguard.registry._states import CheckpointState, EventKind, LeaseState, ProcessRole
 
 
-class Registry(CheckpointOps, BudgetOps, ProcessOps):
+class Registry(CheckpointOps, BudgetOps, ProcessOps, RestoreOps):
     """One registry for SQLite and PostgreSQL: ``Registry.open("sqlite:///...")`` or ``"postgresql://..."``."""
 
 

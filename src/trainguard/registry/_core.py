@@ -14,6 +14,7 @@ from typing import Any, Self
 from sqlalchemy import Connection, Engine, Table, insert, inspect, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.sql.dml import Insert
 
@@ -22,7 +23,7 @@ from trainguard.errors import InvalidArgument, RegistryError, RegistryNotFound, 
 from trainguard.names import validate_name
 from trainguard.registry import _schema as t
 from trainguard.registry._clock import ClockReading, RegistryClock
-from trainguard.registry._engine import OPEN_MODES, OpenMode, create_registry_engine, redact
+from trainguard.registry._engine import OPEN_MODES, OpenMode, create_registry_engine, normalise_url, redact
 from trainguard.registry._records import EventRecord, RunRecord
 from trainguard.registry._states import EventKind
 
@@ -51,6 +52,7 @@ class RegistryCore:
         except BaseException:
             self._relaxed_engine.dispose()
             raise
+        self._file = _file_identity(url) if self.dialect == "sqlite" else None
 
     @classmethod
     def open(cls, url: str, *, clock: RegistryClock | None = None, mode: OpenMode = "create") -> Self:
@@ -85,6 +87,29 @@ class RegistryCore:
         if value is None:
             raise RegistryError(self.url, "has no registry id (tg_meta); was it created by another tool?")
         return str(value)
+
+    def replaced(self) -> str | None:
+        """Why this is no longer the registry this process opened - its file deleted or replaced (an open
+        SQLite connection would go on committing into the unlinked file), or a database that now holds
+        another registry; None while it is the same. Checked at every heartbeat and before every commit."""
+        if self._file is not None:
+            path, opened = self._file
+            try:
+                found = os.stat(path)
+            except FileNotFoundError:
+                return f"registry file {path} was deleted under this process"
+            except OSError:
+                return None
+            if (found.st_dev, found.st_ino) != opened:
+                return f"registry file {path} was replaced under this process"
+            return None
+        mine = self.registry_id
+        try:
+            with self._reading() as conn:
+                now = conn.execute(select(t.meta.c.value).where(t.meta.c.key == REGISTRY_ID)).scalar()
+        except RegistryError:
+            return None  # unreachable: the lease decides how long that may last
+        return None if now == mine else f"the database now holds registry {now}, not {mine}"
 
     @property
     def identity(self) -> ProcessIdentity:
@@ -329,6 +354,18 @@ class RegistryCore:
             query = query.limit(limit)
         with self._reading() as conn:
             return [EventRecord.from_row(r) for r in conn.execute(query).all()]
+
+
+def _file_identity(url: str) -> tuple[str, tuple[int, int]] | None:
+    """A SQLite registry's file and its (device, inode) as opened."""
+    database = make_url(normalise_url(url)).database
+    if not database:
+        return None
+    try:
+        found = os.stat(database)
+    except OSError:
+        return None
+    return database, (found.st_dev, found.st_ino)
 
 
 def _add_missing_columns(conn: Connection) -> None:

@@ -27,7 +27,7 @@ from trainguard._os.files import write_atomically
 from trainguard._os.identity import ProcessIdentity
 from trainguard._os.resources import tree_rss
 from trainguard.budget import Budget, Runtime, over_ceiling
-from trainguard.checkpoints import CheckpointStore
+from trainguard.checkpoints import CheckpointStore, signing_of
 from trainguard.config import TrainguardConfig
 from trainguard.errors import ExitCode, InvalidArgument, RegistryError
 from trainguard.guard import REFUSALS, Stop, StopReason
@@ -93,7 +93,9 @@ class Launcher:
         url = self.config.registry_url()
         registry = Registry.open(url)
         try:
-            CheckpointStore(store_path, run=self.run, registry=registry).close()  # creates and recovers it
+            # Creates and recovers it (and checks the config's signing keys before anything starts).
+            signing = signing_of(self.config)
+            CheckpointStore(store_path, run=self.run, registry=registry, signing=signing).close()
             lease = registry.acquire(self.run, ttl=self.config.monitoring.lease_ttl, reason="trainguard run")
             try:
                 # Under the lease: a launcher refused the lease must not rewrite the live run's settings.
@@ -264,7 +266,7 @@ class Launcher:
         # The lease's renewal alone decides whether an unreachable registry ends the run (after its ttl);
         # the accounting below is tried once per beat and, failing, again at the next (nothing is lost: a
         # runtime charge counts only once paid).
-        if (lost := lease.keep_alive()) is not None:
+        if (lost := registry.replaced() or lease.keep_alive()) is not None:
             self._stop(StopReason.LEASE_LOST, lost)
         self._check_budget(runtime, child_pid)
         _best_effort(lambda: self._account(registry, lease, runtime, progress))
