@@ -34,7 +34,6 @@ from trainguard import (
     MissingDependency,
     NotSupported,
     Registry,
-    RegistryError,
     RunNotFound,
     StateConflict,
     TrainguardError,
@@ -160,7 +159,7 @@ def _cases(w: World) -> list[tuple[str, type[TrainguardError], Callable[[], obje
         ("a missing feature file", ConfigError, lambda: compute([str(w.tmp / "absent.yaml")])),
         ("an evaluator that is not there", ConfigError, lambda: load_evaluator("no_such_module:evaluate")),
         ("a restart raising a limit", LimitRaised, lambda: limits("r", {"max_episodes": 500})),
-        ("a registry URL", RegistryError, lambda: Registry.open("bogus://nowhere")),
+        ("a registry URL", InvalidArgument, lambda: Registry.open("bogus://nowhere")),
     ]  # fmt: skip
 
 
@@ -215,7 +214,10 @@ def test_the_cli_exits_with_each_errors_documented_code(world: World) -> None:
         "no max_steps",
     )
     _one_line(run_cli("config", "check", str(world.tmp / "absent.yaml")), usage, "file not found")
-    _one_line(run_cli("status", "--registry", "bogus://nowhere"), problem, "unsupported backend")
+    _one_line(run_cli("status", "--registry", "bogus://nowhere"), usage, "backend 'bogus' is not supported")
+    garbage = world.tmp / "garbage.db"
+    garbage.write_bytes(b"this is not a database file" * 100)
+    _one_line(run_cli("status", "--registry", str(garbage)), problem, "not a database")
     # A corrupt quarantined checkpoint cannot be released: a check found a problem.
     parked = world.store.root / ".quarantine" / b / "tensors.safetensors"
     parked.write_bytes(parked.read_bytes()[:-1] + b"\x00")

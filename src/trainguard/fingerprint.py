@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from trainguard._os.hashing import hash_bytes
+from trainguard._os.files import TooLarge, read_limited
+from trainguard._os.hashing import hash_bytes, hash_file
 from trainguard.errors import ConfigError
 
 
@@ -40,17 +41,31 @@ def _canonical(value: Any, where: str) -> Any:
     return str(value)  # dates and other YAML scalars: by their text
 
 
+_MAX_PARSED_BYTES = 16 << 20  # a YAML/JSON feature description; larger files are hashed as bytes
+
+
 def _load_file(path: Path) -> Any:
     try:
-        text = path.read_text()
+        if path.suffix.lower() not in (".yaml", ".yml", ".json"):
+            # An opaque file (binary, CSV, a scaler's parameters): only its exact bytes can be compared -
+            # read as bytes, so neither a binary file nor a CRLF line ending is lost in decoding.
+            return {"sha": hash_file(path)[1]}
+        text = read_limited(path, _MAX_PARSED_BYTES).decode("utf-8")
+    except IsADirectoryError:
+        raise ConfigError("features", str(path), "is a directory, not a feature file") from None
     except OSError as error:
         raise ConfigError("features", str(path), f"cannot be read: {error.strerror or error}") from None
-    if path.suffix.lower() in (".yaml", ".yml", ".json"):
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise ConfigError("features", str(path), f"malformed YAML/JSON: {error}") from None
-    return {"sha": hash_bytes(text.encode())}  # an opaque file: only its exact bytes can be compared
+    except TooLarge:
+        rule = f"is larger than {_MAX_PARSED_BYTES >> 20} MiB; name it without .yaml/.json to hash its bytes"
+        raise ConfigError("features", str(path), rule) from None
+    except UnicodeDecodeError:
+        raise ConfigError("features", str(path), "is not UTF-8 text, as a .yaml/.json file must be") from None
+    try:
+        return yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError("features", str(path), "nested too deeply") from None
+    except yaml.YAMLError as error:
+        raise ConfigError("features", str(path), f"malformed YAML/JSON: {error}") from None
 
 
 def compute(sources: Iterable[str | Mapping[str, Any]], *, base: Path | None = None) -> Fingerprint | None:

@@ -62,6 +62,40 @@ def default_registry_url(store: str | Path) -> str:
     return f"sqlite:///{meta_directory(Path(store).resolve()) / DEFAULT_REGISTRY_FILE}"
 
 
+_BACKENDS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
+
+
+def registry_url(url: str, parameter: str = "registry") -> str:
+    """The SQLAlchemy URL for a registry given as ``sqlite:///PATH``, ``postgresql://...`` (psycopg 3) or a
+    bare path; :class:`InvalidArgument` naming ``parameter`` for anything else (checked in one place, for
+    the config, the command line and ``Registry.open``)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    rule = "must be sqlite:///PATH, postgresql://USER@HOST/DB or a file path"
+    if not isinstance(url, str) or not url or "\0" in url:
+        raise InvalidArgument(parameter, url, rule)
+    if "://" not in url:
+        return f"sqlite:///{Path(url).resolve()}"
+    scheme, rest = url.split("://", 1)
+    if scheme.split("+", 1)[0] not in _BACKENDS:
+        raise InvalidArgument(parameter, _redacted(url), f"{rule} (backend {scheme!r} is not supported)")
+    target = f"{_BACKENDS[scheme]}://{rest}" if scheme in _BACKENDS else url
+    try:
+        parsed = make_url(target)
+        parsed.port  # noqa: B018 - parsing the port is where a malformed host ('[::1') fails
+    except (ArgumentError, ValueError) as error:
+        raise InvalidArgument(parameter, _redacted(url), f"{rule} ({error})") from None
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() != "psycopg":
+        raise InvalidArgument(parameter, _redacted(url), "PostgreSQL registries use the psycopg (3) driver")
+    return target
+
+
+def _redacted(url: str) -> str:
+    """A URL for messages: never print a password (``user:secret@`` becomes ``user:***@``)."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
 def episode_pattern(parameter: str, pattern: str) -> re.Pattern[str]:
     """A regular expression that finds legacy checkpoint files (``checkpoint_ep(?P<episode>\\d+)\\.pth``) and
     names their episode; :class:`InvalidArgument` naming ``parameter`` otherwise."""
@@ -83,5 +117,6 @@ __all__ = [
     "episode_pattern",
     "meta_directory",
     "registry_files",
+    "registry_url",
     "validate_name",
 ]

@@ -41,4 +41,23 @@ class HeldFile:
             pass
 
 
-__all__ = ["HeldFile", "write_atomically"]
+class TooLarge(ValueError):
+    """A file longer than its reader allows (``/dev/zero`` given as a config must not exhaust memory)."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        self.path = path
+        self.limit = limit
+        super().__init__(f"{path} is larger than {limit} bytes")
+
+
+def read_limited(path: Path, limit: int) -> bytes:
+    """A file's bytes, reading at most ``limit`` of them; :class:`TooLarge` if there are more (a device
+    or a huge file given where a small text file belongs). OSError as ``open``/``read`` raise it."""
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise TooLarge(path, limit)
+    return data
+
+
+__all__ = ["HeldFile", "TooLarge", "read_limited", "write_atomically"]

@@ -65,7 +65,8 @@ def tensor_bytes(key: str, value: Any) -> tuple[TensorBytes, str]:
     Returns the bytes and the framework name ("numpy" or "torch") to rebuild it with.
     """
     if isinstance(value, np.ndarray):
-        array = np.ascontiguousarray(value)
+        # reshape: ascontiguousarray turns a 0-d array into shape (1,).
+        array = np.ascontiguousarray(value).reshape(value.shape)
         if array.dtype.byteorder == ">":
             array = array.astype(array.dtype.newbyteorder("<"))
         code = _NUMPY_TO_CODE.get(array.dtype.newbyteorder("="))
@@ -106,6 +107,10 @@ def encode(tensors: list[TensorBytes], metadata: dict[str, str]) -> list[Chunk]:
     return chunks
 
 
+# No tensor has more dimensions (numpy's own limit is 64); a forged header must not make a decoder try.
+_MAX_DIMS = 32
+
+
 class FormatError(ValueError):
     pass
 
@@ -139,8 +144,12 @@ def parse_header(
             itemsize = _DTYPES[code][1]
         except (KeyError, TypeError, ValueError) as error:
             raise FormatError(f"tensor {key!r}: malformed entry {entry!r}") from error
-        if not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise FormatError(f"tensor {key!r}: bad shape {shape!r}")
+        if (
+            not isinstance(shape, list)
+            or len(shape) > _MAX_DIMS
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**62 for d in shape)
+        ):
+            raise FormatError(f"tensor {key!r}: bad shape {str(shape)[:80]}")
         if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end <= body):
             raise FormatError(f"tensor {key!r}: offsets {begin}..{end} outside the {body}-byte body")
         if end - begin != math.prod(shape) * itemsize:

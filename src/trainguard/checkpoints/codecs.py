@@ -147,8 +147,11 @@ def validate_staged(directory: Path, files: list[FileRecord]) -> None:
             from safetensors import safe_open
 
             header, _, _ = st.read_header(path)
-            with safe_open(str(path), framework="numpy") as reader:
-                shapes = {key: list(reader.get_slice(key).get_shape()) for key in reader.keys()}  # noqa: SIM118
+            try:
+                with safe_open(str(path), framework="numpy") as reader:
+                    shapes = {key: list(reader.get_slice(key).get_shape()) for key in reader.keys()}  # noqa: SIM118
+            except Exception as error:  # SafetensorError is none of the standard errors
+                raise ValueError(f"{record.path}: the safetensors library cannot read it: {error}") from None
             if shapes != {key: entry["shape"] for key, entry in header.items()}:
                 raise ValueError(
                     f"{record.path}: the safetensors library reads other tensors than were written"
@@ -168,12 +171,23 @@ def read_state(name: str, files: Mapping[str, Buffer]) -> Any:
         return _torch_load(files[TORCH_FILE], name, TORCH_FILE)
     try:
         tree = json.loads(bytes(files[TREE_FILE]))
-        tensors = st.decode(files[TENSORS_FILE], tree["frameworks"]) if TENSORS_FILE in files else {}
+        frameworks = _frameworks(tree)
+        tensors = st.decode(files[TENSORS_FILE], frameworks) if TENSORS_FILE in files else {}
         return unflatten(tree["skeleton"], tensors)
     except KeyError as error:
         raise CorruptCheckpoint(name, TREE_FILE, f"missing entry {error}") from error
-    except (ValueError, TypeError) as error:
-        raise CorruptCheckpoint(name, TENSORS_FILE, f"cannot decode: {error}") from error
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError, RuntimeError) as error:
+        # Whatever a forged tree or header makes the decoders raise (a hash cannot be forged past the
+        # registry, but one can be written by whoever holds both): a corrupt checkpoint, never a crash.
+        why = str(error) or type(error).__name__
+        raise CorruptCheckpoint(name, TENSORS_FILE, f"cannot decode: {why}") from None
+
+
+def _frameworks(tree: Any) -> dict[str, str]:
+    frameworks = tree.get("frameworks") if isinstance(tree, dict) else None
+    if not isinstance(frameworks, dict) or not all(v in ("numpy", "torch") for v in frameworks.values()):
+        raise ValueError("tree.json: 'frameworks' is not a map of tensor -> numpy|torch")
+    return frameworks
 
 
 _TORCH_REFUSAL = (

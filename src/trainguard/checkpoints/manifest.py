@@ -7,6 +7,7 @@ So one committed row pins down every byte of the checkpoint.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from trainguard._os.hashing import ALGORITHM
 from trainguard.checkpoints.codecs import FileRecord
 
 MANIFEST_FILE = "MANIFEST.json"
+SIGNATURE_FILE = "MANIFEST.sig"  # see trainguard.checkpoints.signing
 MANIFEST_FORMAT = "trainguard.checkpoint/1"
 
 
@@ -68,48 +70,85 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
-        """Parse a manifest; raises ValueError (with the reason) on anything malformed."""
+        """Parse a manifest; raises ValueError (with the reason) on anything malformed - every field is
+        checked for its type and range, because a manifest may have been written by someone else."""
         try:
             body = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"not JSON: {error}") from error
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+            raise ValueError(f"not JSON: {type(error).__name__}: {error}") from None
         if not isinstance(body, dict) or body.get("manifest_format") != MANIFEST_FORMAT:
             raise ValueError(f"not a {MANIFEST_FORMAT} manifest")
         if body.get("hash_algorithm") != ALGORITHM:
             raise ValueError(f"hash algorithm {body.get('hash_algorithm')!r} is not {ALGORITHM!r}")
-        try:
-            files = tuple(
-                FileRecord(
-                    path=str(f["path"]), bytes=int(f["bytes"]), hash=str(f["hash"]), codec=str(f["codec"])
-                )
-                for f in body["files"]
-            )
-            for f in files:
-                if "/" in f.path or f.path.startswith(".") or f.path == MANIFEST_FILE:
-                    raise ValueError(f"file entry {f.path!r} is not a plain file name")
-            return cls(
-                run=str(body["run"]),
-                name=str(body["name"]),
-                episode=int(body["episode"]),
-                token=int(body["token"]),
-                format=str(body["format"]),
-                files=files,
-                parent=body.get("parent"),
-                fingerprint=body.get("fingerprint"),
-                metrics=dict(body.get("metrics") or {}),
-                created_at=float(body.get("created_at", 0.0)),
-                writer=dict(body.get("writer") or {}),
-                code_hash=body.get("code_hash"),
-                config_hash=body.get("config_hash"),
-                features=body.get("features"),
-                origin=body.get("origin"),
-            )
-        except (KeyError, TypeError) as error:
-            raise ValueError(f"missing or malformed field: {error}") from error
+        files = body.get("files")
+        if not isinstance(files, list):
+            raise ValueError("field 'files' is not a list")  # noqa: TRY004 - ValueError means "malformed"
+        return cls(
+            run=_text(body, "run"),
+            name=_text(body, "name"),
+            episode=_count(body, "episode"),
+            token=_count(body, "token"),
+            format=_text(body, "format"),
+            files=tuple(_file(entry) for entry in files),
+            parent=_text(body, "parent", optional=True),
+            fingerprint=_text(body, "fingerprint", optional=True),
+            metrics=_mapping(body, "metrics") or {},
+            created_at=_finite(body.get("created_at", 0.0)),
+            writer=_mapping(body, "writer") or {},
+            code_hash=_text(body, "code_hash", optional=True),
+            config_hash=_text(body, "config_hash", optional=True),
+            features=_mapping(body, "features"),
+            origin=_mapping(body, "origin"),
+        )
 
     @classmethod
     def read(cls, directory: Path) -> Manifest:
         return cls.from_bytes((directory / MANIFEST_FILE).read_bytes())
+
+
+_MAX_COUNT = 2**63 - 1  # what the registry can store
+_CODECS = frozenset({"safetensors", "json", "torch"})
+
+
+def _text(body: dict[str, Any], key: str, *, optional: bool = False) -> Any:
+    value = body.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or "\0" in value:
+        raise ValueError(f"field {key!r} is not a string")
+    return value
+
+
+def _count(body: dict[str, Any], key: str) -> int:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_COUNT:
+        raise ValueError(f"field {key!r} = {value!r} is not an integer in 0..2**63-1")
+    return value
+
+
+def _finite(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"field 'created_at' = {value!r} is not a finite number")
+    return float(value)
+
+
+def _mapping(body: dict[str, Any], key: str) -> dict[str, Any] | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"field {key!r} is not an object")
+    return value
+
+
+def _file(entry: Any) -> FileRecord:
+    if not isinstance(entry, dict):
+        raise ValueError("a 'files' entry is not an object")  # noqa: TRY004 - as above
+    path = _text(entry, "path")
+    if "/" in path or path.startswith(".") or path in (MANIFEST_FILE, SIGNATURE_FILE) or len(path) > 255:
+        raise ValueError(f"file entry {path!r} is not a plain file name")
+    codec = _text(entry, "codec")
+    if codec not in _CODECS:
+        raise ValueError(f"file entry {path!r} has codec {codec!r}")
+    return FileRecord(path=path, bytes=_count(entry, "bytes"), hash=_text(entry, "hash"), codec=codec)
 
 
 def _jsonable(value: Any) -> Any:

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainguard._os.optional import require
+from trainguard.checkpoints.manifest import SIGNATURE_FILE
 from trainguard.errors import ConfigError, InvalidArgument, SignatureRejected
 
 if TYPE_CHECKING:
     from trainguard.config import TrainguardConfig
 
-SIGNATURE_FILE = "MANIFEST.sig"
 ALGORITHM = "ed25519"
 _MAX_KEY_BYTES = 16 << 10  # a PEM key is a few hundred bytes; never read an unbounded file
 _MAX_SIGNATURE_BYTES = 4 << 10

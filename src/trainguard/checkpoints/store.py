@@ -25,6 +25,7 @@ from trainguard.checkpoints.rebuild import holds_checkpoints_of
 from trainguard.checkpoints.signing import Signing
 from trainguard.errors import (
     CheckpointNotFound,
+    CheckpointRejected,
     CheckpointWriteError,
     CorruptCheckpoint,
     InvalidArgument,
@@ -47,6 +48,7 @@ from trainguard.registry import (
 
 log = logging.getLogger("trainguard")
 LATEST = "latest"
+MAX_EPISODE = 2**63 - 1
 COMMITTED = (CheckpointState.COMMITTED,)
 
 
@@ -83,7 +85,11 @@ class CheckpointStore:
         writer = create_run and not read_only
         self.root = Path(root).resolve()
         if writer:
-            self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as error:  # a file in the way (`/dev/null`), or a directory not ours to write
+                rule = f"cannot be created: {error.strerror}"
+                raise InvalidArgument("root", str(self.root), rule) from None
         elif not self.root.is_dir():
             raise InvalidArgument("root", str(self.root), "is not a directory (a store that must exist)")
         check_layout(self.root)  # before anything is created, moved or deleted under it
@@ -211,6 +217,8 @@ class CheckpointStore:
         if isinstance(episode, bool) or not isinstance(episode, int) or episode < 0:
             raise InvalidArgument("episode", episode, "must be a non-negative integer")
         name = validate_name(default_name(episode, lease.token) if name is None else name, "checkpoint")
+        if episode > MAX_EPISODE:  # the registry stores 64-bit integers; refused before anything is written
+            raise CheckpointRejected(name, f"episode {episode} is beyond the largest storable, {MAX_EPISODE}")
         if parent is None:
             parent = self._last_saved or lease.while_held(self._resumed_from, what="save")
         provenance = provenance or Provenance()

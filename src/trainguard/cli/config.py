@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import warnings
 
+from trainguard import fingerprint as fp
+from trainguard.checkpoints import signing_of
 from trainguard.cli._common import ArgumentParser, out, print_json
 from trainguard.config import load_config
 from trainguard.config.units import format_duration, format_size
+from trainguard.promotion import load_evaluator
 
 
 def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
@@ -24,6 +27,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         config = load_config(args.file, strict=args.strict)
+    # What the run would only find out at start: the feature files exist and parse, the evaluator imports,
+    # the signing keys load (each raises a ConfigError naming the key).
+    fp.compute(config.features, base=config.source.parent if config.source else None)
+    load_evaluator(config.gates.evaluator)
+    signing_of(config)
     problems = [str(w.message) for w in caught]
     if args.json:
         print_json(

@@ -15,6 +15,7 @@ from typing import Any
 from trainguard._os.optional import require
 from trainguard.cli._common import ArgumentParser, add_location_args, out, registry_url
 from trainguard.config.units import format_duration
+from trainguard.errors import InvalidArgument
 from trainguard.names import validate_name
 from trainguard.registry import CheckpointRecord, CheckpointState, EventKind, EventRecord, Registry, RunRecord
 
@@ -139,7 +140,8 @@ def _timeline_figure(
         )
     axis.set_ylabel("episode")
     axis.set_title("checkpoints by state")
-    axis.legend(loc="upper left", fontsize=8, ncol=3)
+    if axis.get_legend_handles_labels()[0]:  # a run without checkpoints has nothing to label
+        axis.legend(loc="upper left", fontsize=8, ncol=3)
     axis.tick_params(axis="x", labelrotation=30, labelsize=7)
     return _svg(figure)
 
@@ -283,8 +285,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     with Registry.open(registry_url(args), mode="read") as registry:
         page = build_report(registry, name)
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(page)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(page)
+    except OSError as error:  # /dev/full, a read-only directory, a path through a file
+        why = error.strerror or str(error)
+        raise InvalidArgument("--output", args.output, f"cannot be written: {why}") from None
     out().print(f"report: {output.resolve()} ({len(page) // 1024} kB, self-contained)")
     return 0
 

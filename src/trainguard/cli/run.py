@@ -74,8 +74,19 @@ def _options(args: argparse.Namespace, config: TrainguardConfig) -> LaunchOption
             rlimits[resource.RLIMIT_AS] = parse_size(args.rlimit_as)
         except InvalidArgument as error:
             raise InvalidArgument("--rlimit-as", args.rlimit_as, error.rule) from None
-    if args.rlimit_nofile:
+    if args.rlimit_nofile is not None:
         rlimits[resource.RLIMIT_NOFILE] = args.rlimit_nofile
+    for (flag, value), limit in zip(
+        (("--rlimit-as", args.rlimit_as), ("--rlimit-nofile", args.rlimit_nofile)),
+        (resource.RLIMIT_AS, resource.RLIMIT_NOFILE),
+        strict=True,
+    ):
+        # Checked here: in the child (preexec) a refused setrlimit is an opaque SubprocessError.
+        hard = resource.getrlimit(limit)[1]
+        wanted = rlimits.get(limit)
+        if wanted is not None and not (wanted >= 0 and (hard == resource.RLIM_INFINITY or wanted <= hard)):
+            ceiling = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+            raise InvalidArgument(flag, value, f"must be between 0 and the hard limit ({ceiling})")
     return LaunchOptions(
         progress=False if args.no_progress else None,
         command=command,

@@ -11,6 +11,7 @@ import time
 from types import FrameType
 
 from trainguard.cli._common import ArgumentParser, add_registry_args, duration_arg, err, out, registry_url
+from trainguard.errors import InvalidArgument
 from trainguard.registry import Registry
 
 SYSTEMD_UNIT = """\
@@ -48,6 +49,8 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
     from trainguard.supervise import Watchdog, WatchdogMetrics
 
     interval = duration_arg("--interval", args.interval)
+    if args.metrics_port is not None and not 1 <= args.metrics_port <= 65535:
+        raise InvalidArgument("--metrics-port", args.metrics_port, "must be a TCP port, 1..65535")
     url = registry_url(args)
     if args.print_systemd_unit:
         flag = f" --metrics-port {args.metrics_port}" if args.metrics_port else ""

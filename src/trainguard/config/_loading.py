@@ -13,9 +13,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from trainguard._os.files import TooLarge, read_limited
 from trainguard.config._incident import is_incident_form, set_dotted, translate_incident_form
 from trainguard.config._models import TrainguardConfig
 from trainguard.errors import MISSING, ConfigError
+
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def unknown_keys(model: BaseModel, prefix: str = "") -> list[tuple[str, Any, list[str]]]:
@@ -106,13 +109,22 @@ def load_config(
     """Read and validate a YAML config file (native or incident-report form)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = read_limited(path, MAX_CONFIG_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise ConfigError("config", str(path), "file not found") from None
+    except IsADirectoryError:
+        raise ConfigError("config", str(path), "is a directory, not a config file") from None
     except OSError as error:
         raise ConfigError("config", str(path), f"cannot be read: {error.strerror}") from None
+    except TooLarge:
+        rule = f"is larger than {MAX_CONFIG_BYTES // 1024} KiB; a config is a few KB (is it the right file?)"
+        raise ConfigError("config", str(path), rule) from None
+    except UnicodeDecodeError:
+        raise ConfigError("config", str(path), "is not UTF-8 text (a binary file?)") from None
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError("(yaml)", str(path), "nested too deeply to be a config", source=str(path)) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"

@@ -13,7 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from trainguard.config._thresholds import parse_threshold
 from trainguard.config.units import parse_duration, parse_size
 from trainguard.errors import MISSING, ConfigError, InvalidArgument, InvalidName
-from trainguard.names import default_registry_url, validate_name
+from trainguard.names import default_registry_url, registry_url, validate_name
 
 T = TypeVar("T")
 
@@ -30,9 +30,31 @@ def _rule_only(parse: Callable[[object], T]) -> Callable[[object], T]:
     return validate
 
 
+def _not_bool(value: object) -> object:
+    # YAML `every_episodes: true` is a typo, not the count 1 (pydantic would take True for 1).
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")  # noqa: TRY004 - pydantic reports ValueErrors
+    return value
+
+
+def _no_nul(value: object) -> object:
+    # A NUL cannot be in a path or URL: every system call would refuse it later, far from the config.
+    if isinstance(value, str) and "\0" in value:
+        raise ValueError("contains a NUL character")
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(_rule_only(parse_duration))]
+# How often something is checked or how long it is waited for: below 10 ms a loop would spin, above 30 days
+# nothing would ever be noticed (a lease that never expires).
+Timing = Annotated[
+    float, BeforeValidator(_rule_only(lambda v: parse_duration(v, minimum=0.01, maximum=30 * 86400.0)))
+]
 Size = Annotated[int, BeforeValidator(_rule_only(parse_size))]
-Fraction = Annotated[float, Field(gt=0, le=1)]
+Fraction = Annotated[float, Field(gt=0, le=1), BeforeValidator(_not_bool)]
+Count = Annotated[int, Field(ge=1, le=2**63 - 1), BeforeValidator(_not_bool)]
+Amount = Annotated[int, Field(ge=0, le=2**31 - 1), BeforeValidator(_not_bool)]
+Score = Annotated[float, Field(ge=0, allow_inf_nan=False), BeforeValidator(_not_bool)]
 
 
 class _Section(BaseModel):
@@ -42,8 +64,8 @@ class _Section(BaseModel):
 
 
 class Limits(_Section):
-    max_episodes: Annotated[int, Field(ge=1)] | None = None
-    max_steps: Annotated[int, Field(ge=1)] | None = None
+    max_episodes: Count | None = None
+    max_steps: Count | None = None
     max_runtime: Duration | None = None
     max_memory: Size | None = None
     max_disk: Size | None = None
@@ -63,24 +85,31 @@ class BestMetric(_Section):
 
 
 class Checkpoints(_Section):
-    every_episodes: Annotated[int, Field(ge=1)] | None = 25
+    every_episodes: Count | None = 25
     format: Literal["safetensors", "torch"] = "safetensors"
     async_: bool = Field(False, alias="async")
-    keep_last: Annotated[int, Field(ge=1)] | None = 10
-    keep_best: Annotated[int, Field(ge=0)] = 1
+    keep_last: Annotated[int, Field(ge=1, le=2**31 - 1), BeforeValidator(_not_bool)] | None = 10
+    keep_best: Amount = 1
     best_metric: BestMetric | None = None
-    keep_every: Annotated[int, Field(ge=1)] | None = None
+    keep_every: Count | None = None
 
 
 class Monitoring(_Section):
-    heartbeat_interval: Duration = 5.0
+    heartbeat_interval: Timing = 5.0
     # 0 (the default) derives max(30s, 3 heartbeats), so a config that only sets a slow heartbeat (the
     # incident report's 60 s) still gets a lease that survives one late beat.
-    lease_ttl: Duration = 0.0
-    stall_timeout: Duration = 600.0
-    resource_check_interval: Duration = 30.0
+    lease_ttl: Duration = 0.0  # 0, or a Timing: checked below (0 means derived)
+    stall_timeout: Timing = 600.0
+    resource_check_interval: Timing = 30.0
     checkpoint_validation: bool = True
     external_monitoring: bool = True
+
+    @field_validator("lease_ttl")
+    @classmethod
+    def _ttl_range(cls, value: float) -> float:
+        if value != 0 and not 0.1 <= value <= 7 * 86400:
+            raise ValueError("must be 0 (derived from the heartbeat) or between 0.1s and 7d")
+        return value
 
     @model_validator(mode="after")
     def _heartbeat_fits_ttl(self) -> Monitoring:
@@ -97,17 +126,17 @@ class Monitoring(_Section):
 
 
 class Watchdog(_Section):
-    interval: Duration = 5.0
-    grace: Duration = 30.0
+    interval: Timing = 5.0
+    grace: Annotated[float, BeforeValidator(_rule_only(lambda v: parse_duration(v, maximum=86400.0)))] = 30.0
     rogue_action: Literal["report", "kill"] = "report"
 
 
 class Gates(_Section):
     max_action_share: Fraction = 0.95
-    min_action_entropy: Annotated[float, Field(ge=0)] | None = None
-    min_decisions: Annotated[int, Field(ge=0)] = 100
+    min_action_entropy: Score | None = None
+    min_decisions: Amount = 100
     metrics: dict[str, str] = Field(default_factory=dict)
-    no_worse_than_live: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    no_worse_than_live: dict[str, Score] = Field(default_factory=dict)
     evaluator: str | None = None
     auto_promote: bool = False  # the Guard promotes each checkpoint that passes every gate
 
@@ -157,6 +186,11 @@ class SigningSettings(_Section):
     public_key: Path | None = None
     required: bool = False
 
+    @field_validator("key", "public_key", mode="before")
+    @classmethod
+    def _path_text(cls, value: object) -> object:
+        return _no_nul(value)
+
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value: object) -> object:
@@ -193,7 +227,25 @@ class TrainguardConfig(_Section):
     @field_validator("features", mode="before")
     @classmethod
     def _feature_list(cls, value: object) -> object:
-        return [value] if isinstance(value, str | dict) else value
+        value = [value] if isinstance(value, str | dict) else value
+        for item in value if isinstance(value, list) else ():
+            _no_nul(item)
+        return value
+
+    @field_validator("store", mode="before")
+    @classmethod
+    def _path_text(cls, value: object) -> object:
+        return _no_nul(value)
+
+    @field_validator("registry")
+    @classmethod
+    def _registry_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                registry_url(value)
+            except InvalidArgument as error:
+                raise ValueError(error.rule) from None
+        return value
 
     def require_run(self) -> str:
         if self.run is None:

@@ -3,6 +3,7 @@ the config's validation and for the metrics gate that applies them."""
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Callable
@@ -25,7 +26,10 @@ def parse_threshold(rule: str) -> tuple[str, float]:
     match = _THRESHOLD.match(rule) if isinstance(rule, str) else None
     if not match:
         raise InvalidArgument("threshold", rule, "must look like '>= 0' or '<= 50'")
-    return match[1], float(match[2])
+    bound = float(match[2])
+    if not math.isfinite(bound):
+        raise InvalidArgument("threshold", rule, "must compare with a finite number")
+    return match[1], bound
 
 
 __all__ = ["COMPARISONS", "parse_threshold"]

@@ -19,20 +19,26 @@ _DURATION_UNITS = {
     "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600,
     "d": 86400, "day": 86400, "days": 86400,
 }  # fmt: skip
+# Sane ranges: nothing trainguard times runs for longer than ten years, and no size exceeds what a signed
+# 64-bit integer (the registry's) holds. Beyond them a value is a typo, or an attempt to switch a limit off.
+MAX_DURATION = 10 * 365 * 86400.0
+MAX_SIZE = 2**63 - 1
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]i?b?|b)?\s*$", re.IGNORECASE)
 _SIZE_POWERS = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
 
 
-def parse_duration(value: object) -> float:
-    """Seconds from ``90``, ``90.5``, ``"90s"``, ``"10m"``, ``"24h"``, ``"2d"``; else InvalidArgument."""
+def parse_duration(value: object, *, minimum: float = 0.0, maximum: float = MAX_DURATION) -> float:
+    """Seconds from ``90``, ``90.5``, ``"90s"``, ``"10m"``, ``"24h"``, ``"2d"``, within ``minimum`` ..
+    ``maximum``; else InvalidArgument."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     elif isinstance(value, str) and (match := _DURATION.match(value.lower())):
         seconds = float(match[1]) * _DURATION_UNITS[match[2] or "s"]
     else:
         raise InvalidArgument("duration", value, "must be seconds or a string like '90s', '10m', '24h'")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise InvalidArgument("duration", value, "must be a finite number >= 0")
+    if not math.isfinite(seconds) or not minimum <= seconds <= maximum:
+        shown = f"{minimum:g}s" if minimum < 60 else format_duration(minimum)
+        raise InvalidArgument("duration", value, f"must be between {shown} and {format_duration(maximum)}")
     return seconds
 
 
@@ -46,12 +52,14 @@ def parse_size(value: object) -> int:
         size = float(match[1]) * base**power
     else:
         raise InvalidArgument("size", value, "must be a number of bytes or a string like '4GB', '512MiB'")
-    if not math.isfinite(size) or size < 0:
-        raise InvalidArgument("size", value, "must be a finite number >= 0")
+    if not math.isfinite(size) or not 0 <= size <= MAX_SIZE:
+        raise InvalidArgument("size", value, f"must be between 0 and {MAX_SIZE} bytes")
     return int(size)
 
 
 def format_duration(seconds: float) -> str:
+    if seconds >= 86400 * 2:
+        return f"{seconds / 86400:.0f}d"
     if seconds >= 3600:
         return f"{seconds / 3600:.1f}h"
     if seconds >= 60:
@@ -68,4 +76,4 @@ def format_size(size: float) -> str:
     return f"{size:.1f}TB"
 
 
-__all__ = ["format_duration", "format_size", "parse_duration", "parse_size"]
+__all__ = ["MAX_DURATION", "MAX_SIZE", "format_duration", "format_size", "parse_duration", "parse_size"]

@@ -25,8 +25,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from trainguard._os.optional import require
-from trainguard.errors import RegistryError, RegistryNotFound
-from trainguard.names import default_registry_url
+from trainguard.errors import InvalidArgument, RegistryError, RegistryNotFound
+from trainguard.names import default_registry_url, registry_url
 
 SQLITE_BUSY_TIMEOUT_S = 60.0
 OpenMode = Literal["create", "existing", "read"]
@@ -34,13 +34,9 @@ OPEN_MODES: tuple[OpenMode, ...] = ("create", "existing", "read")
 
 
 def normalise_url(url: str) -> str:
-    """Accept ``postgresql://``/``postgres://`` (driver psycopg 3), ``sqlite:///path`` or a bare path."""
-    if "://" not in url:
-        return f"sqlite:///{Path(url).resolve()}"
-    scheme, rest = url.split("://", 1)
-    if scheme in ("postgresql", "postgres"):
-        return f"postgresql+psycopg://{rest}"
-    return url
+    """Accept ``postgresql://``/``postgres://`` (driver psycopg 3), ``sqlite:///path`` or a bare path;
+    :class:`InvalidArgument` for anything else (``trainguard.names.registry_url``)."""
+    return registry_url(url)
 
 
 def redact(url: str) -> str:
@@ -57,20 +53,11 @@ def create_registry_engine(url: str, *, relaxed: bool = False, mode: OpenMode = 
     the newest transactions may be lost on power failure. Only lease renewals use it - see
     ``RegistryCore.transaction``."""
     target = normalise_url(url)
-    try:
-        parsed = make_url(target)
-    except ArgumentError as error:
-        raise RegistryError(
-            redact(url), f"not a registry URL ({error}); use sqlite:///PATH or postgresql://..."
-        ) from error
+    parsed = make_url(target)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         return _sqlite_engine(target, parsed.database, "NORMAL" if relaxed else "FULL", mode)
-    if backend == "postgresql":
-        if parsed.get_driver_name() != "psycopg":
-            raise RegistryError(
-                redact(url), "PostgreSQL registries use the psycopg (3) driver: postgresql://..."
-            )
+    if backend == "postgresql":  # the driver is psycopg (checked by registry_url)
         require("psycopg", "a PostgreSQL registry")
         # No pool_pre_ping: it costs a round trip per transaction (a third of a renewal). A connection that
         # died with the server fails its statement, is discarded by the pool, and the caller's next attempt
@@ -80,7 +67,8 @@ def create_registry_engine(url: str, *, relaxed: bool = False, mode: OpenMode = 
             options.append("-c default_transaction_read_only=on")
         connect_args = {"options": " ".join(options)} if options else {}
         return create_engine(target, pool_size=2, max_overflow=4, connect_args=connect_args)
-    raise RegistryError(redact(url), f"unsupported backend {backend!r}; use sqlite or postgresql")
+    rule = f"backend {backend!r} is not supported; use sqlite or postgresql"
+    raise InvalidArgument("registry", redact(url), rule)
 
 
 def _sqlite_engine(url: str, database: str | None, synchronous: str, mode: OpenMode) -> Engine:
@@ -90,7 +78,12 @@ def _sqlite_engine(url: str, database: str | None, synchronous: str, mode: OpenM
         )
     path = Path(database)
     if mode == "create":
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # a store path that is a file (`--store /dev/null`), or not ours to write
+            raise InvalidArgument(
+                "registry", redact(url), f"its directory cannot be created: {error.strerror or error}"
+            ) from None
     elif not path.is_file():
         raise RegistryNotFound(
             redact(url), "no such registry file (only a writer creates one; check the path or --store)"

@@ -90,6 +90,8 @@ class Launcher:
     def launch(self) -> LaunchResult:
         linux.require_linux("trainguard run")
         store_path = self.config.store_path()
+        if store_path.exists() and not store_path.is_dir():
+            raise InvalidArgument("store", str(store_path), "is not a directory")
         url = self.config.registry_url()
         registry = Registry.open(url)
         try:
