@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo incident test lint unit stress bench clean
+.PHONY: demo incident test lint unit stress crash-states bench clean
 
 # The main job: a EUR/USD agent trained under every guard (about two minutes on two cores).
 demo: $(STAMP)
@@ -33,6 +33,9 @@ unit: $(STAMP)
 
 stress: $(STAMP)
 	$(BIN)/python stress/crash_consistency.py --kills 2000
+
+crash-states: $(STAMP)
+	$(BIN)/python stress/crash_states.py --scenario full
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_store.py

@@ -198,7 +198,10 @@ def _fsync_fd(fd: int, path: Path, step: str) -> None:
 
 
 def make_dir(path: Path, *, root: Path, step: str = "stage", exist_ok: bool = False) -> None:
-    """Create a directory inside the store (its parent reached without following symlinks)."""
+    """Create a directory inside the store (its parent reached without following symlinks), and make its
+    entry durable: without the parent's fsync a crash can lose a new directory *with everything later
+    moved or written into it* - a staging directory whose checkpoint the registry then commits (found by
+    stress/crash_states.py)."""
     relative = _below(root, path)
     try:
         with directory_fd(root, relative.parent) as fd:
@@ -208,6 +211,8 @@ def make_dir(path: Path, *, root: Path, step: str = "stage", exist_ok: bool = Fa
                 if not exist_ok:
                     raise
                 os.close(os.open(relative.name, _NOFOLLOW_DIR, dir_fd=fd))  # a directory, not a symlink
+                return
+            os.fsync(fd)
     except OSError as error:
         raise StepFailed(step, path, error) from error
 

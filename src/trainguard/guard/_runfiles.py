@@ -27,7 +27,8 @@ class RunFiles:
         self._pid = HeldFile(self.pid_file, f"{os.getpid()}\n")
 
     def write_heartbeat(self, body: dict[str, Any]) -> None:
-        write_atomically(self.heartbeat_file, json.dumps(body, indent=2, sort_keys=True, default=str) + "\n")
+        text = json.dumps(body, indent=2, sort_keys=True, default=str) + "\n"
+        write_atomically(self.heartbeat_file, text, durable=False)  # rewritten every beat
 
     def remove(self) -> None:
         # Only our own files: another process of the run may have replaced them after a takeover.
