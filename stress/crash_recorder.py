@@ -21,8 +21,8 @@ import numpy as np
 
 RUN = "r"
 # save: one save into a store holding a checkpoint (CI); full: saves, a retention eviction, quarantines, a
-# release and a recovery that rolls a committed-but-staged checkpoint forward; save-without-dir-fsync: a deliberately
-# broken protocol the explorer must catch.
+# release and a recovery that rolls a committed-but-staged checkpoint forward; save-without-dir-fsync: a
+# deliberately broken protocol the explorer must catch.
 SCENARIOS = ("save", "full", "save-without-dir-fsync")
 _PATCHED = ("open", "write", "fsync", "close", "rename", "replace", "mkdir", "unlink", "rmdir")
 
