@@ -93,7 +93,8 @@ def test_writer_failure_surfaces_on_the_next_save(tmp_path: Path, monkeypatch: p
         next(episodes)
         with pytest.raises(CheckpointWriteError, match="injected writer failure") as raised:
             guard.save({"w": np.ones(8)})
-        assert raised.value.step == "fsync" and failed.is_set()
+        # A save's first fsync makes its staging directory's entry durable (step "stage").
+        assert raised.value.step == "stage" and failed.is_set()
         # The call that reported the failure did not take its own snapshot; the caller decides what next.
         guard.save({"w": np.ones(8)})
         episodes.close()
