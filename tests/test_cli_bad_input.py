@@ -36,13 +36,22 @@ STORE = ["--store", "{w}/store"]
 RUN = ["run", "--run", "r", *STORE]
 ADOPT = ["ckpt", "adopt", "r", "{w}/legacy", *STORE]
 CHECK = ["config", "check"]
+WATCH = ["--watch-dir", "{w}"]
+STEPS = r"model_(?P<steps>\d+)_steps\.zip"
 CASES: list[tuple[str, list[str], str]] = [
     ("config check of a binary file", [*CHECK, "{w}/binary.yaml"], "not UTF-8 text"),
     ("config check of deeply nested YAML", [*CHECK, "{w}/deep.yaml"], "nested too deeply"),
     ("config check of a NUL store", [*CHECK, "{w}/nul.yaml"], "NUL"),
     ("config check of /dev/zero", [*CHECK, "/dev/zero"], "larger than"),
     ("a bad regex for ckpt adopt", [*ADOPT, "--pattern", "("], "regular expression"),
-    ("a bad regex for run", [*RUN, "--watch-pattern", "(", "--", "true"], "regular expression"),
+    ("a bad regex for run", [*RUN, "--watch-pattern", "(", *WATCH, "--", "true"], "regular expression"),
+    ("a pattern without --watch-dir", [*RUN, "--watch-pattern", STEPS, "--", "true"], "--watch-dir"),
+    (
+        "a pattern without a count group",
+        [*RUN, "--watch-pattern", "x[0-9]+", *WATCH, "--", "true"],
+        "named group",
+    ),
+    ("an unknown stop signal", [*RUN, "--stop-signal", "NOPE", "--", "true"], "--stop-signal"),
     ("a malformed PostgreSQL URL", ["status", "--registry", "postgresql://u@[::1"], "must be sqlite"),
     ("an unsupported registry backend", ["status", "--registry", "mysql://x/y"], "not supported"),
     ("a metrics port beyond 65535", ["watchdog", "--once", *STORE, "--metrics-port", "99999999"], "TCP port"),

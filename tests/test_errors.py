@@ -225,7 +225,7 @@ def test_the_cli_exits_with_each_errors_documented_code(world: World) -> None:
     # Refused by a guard rule, with the command that helps added by the CLI.
     with world.registry.acquire("r", ttl=60):
         adopt = run_cli("ckpt", "adopt", "r", str(world.tmp), "--store", store)
-        _one_line(adopt, refused, "is held by pid", "trainguard stop r --reason TEXT")
+        _one_line(adopt, refused, "is held by pid", "trainguard stop r --reason TEXT", "run --takeover")
     raised = _config(world.tmp)
     raised.write_text(f"run: r\nstore: {store}\nlimits: {{max_episodes: 500}}\n")
     launch = run_cli("run", "-c", str(raised), "--", sys.executable, "-c", "pass")

@@ -40,7 +40,7 @@ LEGACY = textwrap.dedent("""\
     """)
 
 
-def test_legacy_script_is_stopped_when_the_first_file_beyond_the_budget_appears(tmp_path: Path) -> None:
+def test_legacy_script_is_stopped_when_its_files_show_the_budget_spent(tmp_path: Path) -> None:
     script, checkpoints = tmp_path / "legacy_train.py", tmp_path / "ckpts"
     script.write_text(LEGACY)
     checkpoints.mkdir()
@@ -70,11 +70,12 @@ def test_legacy_script_is_stopped_when_the_first_file_beyond_the_budget_appears(
     )
     assert done.returncode == 3, done.stderr
     written = sorted(p.name for p in checkpoints.iterdir())
-    assert written[-1] == "checkpoint_ep000006.pth"  # the first one beyond the budget, and nothing after it
-    assert "a checkpoint of episode 6 appeared; the budget is 5 episodes" in done.stderr
+    assert written[-1] == "checkpoint_ep000005.pth"  # the one that spends the budget, and nothing after it
+    assert "5 of 5 episodes spent" in done.stderr
     with Registry.open(_url(tmp_path)) as registry:
         exited = next(e for e in registry.events("legacy") if e.kind == "launcher_exited")
-        assert exited.detail["reason"] == "episodes" and exited.detail["episodes_seen"] == 6
+        assert exited.detail["reason"] == "episodes" and exited.detail["count_seen"] == 5
+        assert registry.run("legacy").episodes_spent == 5
         lease = registry.lease_info("legacy")
         assert lease is not None and lease.state == "released"
         assert registry.processes("legacy") == []  # launcher and child registrations ended

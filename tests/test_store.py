@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from pathlib import Path
@@ -103,13 +104,19 @@ def test_torch_format_round_trip(tmp_path: Path, run_name: str) -> None:
 
 
 def test_torch_format_refuses_at_save_what_it_could_not_load_safely(tmp_path: Path, run_name: str) -> None:
-    # A numpy array pickles as a call to numpy's reconstructor: weights_only loading refuses it, so the
-    # validation step refuses to commit a checkpoint nobody could load without trusting pickle.
+    # A datetime pickles as a call to its class: weights_only loading refuses it, so the validation step
+    # refuses to commit a checkpoint nobody could load without trusting pickle. Numpy arrays and scalars of
+    # numeric dtypes (training statistics) are on trainguard's allow-list and round-trip.
     with CheckpointStore(tmp_path / "s", run=run_name, format="torch") as store:
         lease = store.registry.acquire(run_name, ttl=30)
-        with pytest.raises(CheckpointRejected, match=r"Unsupported global: GLOBAL numpy\S*_reconstruct"):
-            store.save({"rng": np.arange(3)}, episode=1, lease=lease)
+        with pytest.raises(CheckpointRejected, match=r"Unsupported global: GLOBAL datetime"):
+            store.save({"when": datetime.datetime(2026, 1, 1)}, episode=1, lease=lease)
+        with pytest.raises(CheckpointRejected, match="ObjectDType"):
+            store.save({"objects": np.array([object()], dtype=object)}, episode=1, lease=lease)
         assert store.checkpoints() == []
+        stats = {"rng": np.arange(3), "mean": np.float32(0.5)}
+        loaded = store.load(store.save(stats, episode=2, lease=lease).name).state
+        assert loaded["rng"].tolist() == [0, 1, 2] and loaded["mean"] == np.float32(0.5)
 
 
 def test_list_latest_and_default_names(store: CheckpointStore) -> None:

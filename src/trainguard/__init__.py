@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from trainguard.checkpoints import CheckpointStore, LoadedCheckpoint, VerifyReport, retention
 from trainguard.errors import (
+    BudgetExhausted,
     CheckpointNotFound,
     CheckpointRejected,
     CheckpointWriteError,
@@ -42,6 +43,7 @@ from trainguard.registry import CheckpointRecord, CheckpointState, Lease, Regist
 __version__ = "0.1.0"
 
 __all__ = [
+    "BudgetExhausted",
     "CheckpointNotFound",
     "CheckpointRecord",
     "CheckpointRejected",

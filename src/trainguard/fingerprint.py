@@ -68,6 +68,10 @@ def _load_file(path: Path) -> Any:
         raise ConfigError("features", str(path), f"malformed YAML/JSON: {error}") from None
 
 
+def _is_parsed(path: Path) -> bool:
+    return path.suffix.lower() in (".yaml", ".yml", ".json")
+
+
 def compute(sources: Iterable[str | Mapping[str, Any]], *, base: Path | None = None) -> Fingerprint | None:
     """Fingerprint the feature ``sources`` (file paths, relative to ``base``, and inline mappings);
     None when there are none.
@@ -86,7 +90,10 @@ def compute(sources: Iterable[str | Mapping[str, Any]], *, base: Path | None = N
             if not path.is_absolute() and base is not None:
                 path = base / path
             label, parsed = str(path), _load_file(path)
-            loaded = dict(parsed) if isinstance(parsed, Mapping) else {path.name: parsed}
+            # A YAML/JSON mapping merges at the top level; anything else (an opaque file's hash, a list) is
+            # keyed by its file name - two Python feature files must not collide on one shared key.
+            parsed_mapping = isinstance(parsed, Mapping) and _is_parsed(path)
+            loaded = dict(parsed) if parsed_mapping else {path.name: parsed}
         for key, value in loaded.items():
             if str(key) in content:
                 raise ConfigError(

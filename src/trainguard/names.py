@@ -9,6 +9,7 @@ short by C APIs (NUL) is refused before it reaches the filesystem.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from trainguard.errors import InvalidArgument, InvalidName
@@ -96,25 +97,52 @@ def _redacted(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
-def episode_pattern(parameter: str, pattern: str) -> re.Pattern[str]:
-    """A regular expression that finds legacy checkpoint files (``checkpoint_ep(?P<episode>\\d+)\\.pth``) and
-    names their episode; :class:`InvalidArgument` naming ``parameter`` otherwise."""
+# The one rule for checkpoint-file patterns (`run --watch-pattern`, `ckpt adopt --pattern`): the pattern must
+# match the *whole* file name, and its named group says where the count is - episode, or steps (SB3 names
+# its files by timesteps: model_(?P<steps>\d+)_steps\.zip).
+COUNT_GROUPS = ("episode", "steps")
+
+
+@dataclass(frozen=True)
+class CountPattern:
+    """A checkpoint-file pattern: ``count(name)`` is the number in a matching name, else None."""
+
+    regex: re.Pattern[str]
+    group: str  # "episode" or "steps": where the number is
+    counts: str  # "episodes" or "steps": what the number counts
+
+    def count(self, name: str) -> int | None:
+        match = self.regex.fullmatch(name)
+        return int(match.group(self.group)) if match else None
+
+
+def count_pattern(parameter: str, pattern: str, counts: str | None = None) -> CountPattern:
+    """Compile a checkpoint-file pattern (``checkpoint_ep(?P<episode>\\d+)\\.pth``); :class:`InvalidArgument`
+    naming ``parameter`` when it is not a regular expression or has no (?P<episode>...)/(?P<steps>...).
+    ``counts`` (episodes|steps) says what the number counts; by default what the group is called."""
     try:
         compiled = re.compile(pattern)
     except re.error as error:
         raise InvalidArgument(parameter, pattern, f"is not a regular expression: {error}") from None
-    if "episode" not in compiled.groupindex:
-        raise InvalidArgument(parameter, pattern, "needs a named group (?P<episode>\\d+)")
-    return compiled
+    groups = [g for g in COUNT_GROUPS if g in compiled.groupindex]
+    if len(groups) != 1:
+        raise InvalidArgument(
+            parameter, pattern, "needs one named group for the count: (?P<episode>\\d+) or (?P<steps>\\d+)"
+        )
+    if counts not in (None, "episodes", "steps"):
+        raise InvalidArgument("count", counts, "must be episodes or steps")
+    return CountPattern(compiled, groups[0], counts or ("episodes" if groups[0] == "episode" else "steps"))
 
 
 __all__ = [
     "BINDING_FILE",
+    "COUNT_GROUPS",
     "DEFAULT_REGISTRY_FILE",
     "MAX_NAME_LENGTH",
     "META_DIRECTORY",
+    "CountPattern",
+    "count_pattern",
     "default_registry_url",
-    "episode_pattern",
     "meta_directory",
     "registry_files",
     "registry_url",

@@ -60,6 +60,9 @@ class HeldFile:
             pass
 
 
+_CHUNK = 16 << 20
+
+
 class TooLarge(ValueError):
     """A file longer than its reader allows (``/dev/zero`` given as a config must not exhaust memory)."""
 
@@ -72,11 +75,15 @@ class TooLarge(ValueError):
 def read_limited(path: Path, limit: int) -> bytes:
     """A file's bytes, reading at most ``limit`` of them; :class:`TooLarge` if there are more (a device
     or a huge file given where a small text file belongs). OSError as ``open``/``read`` raise it."""
+    chunks, total = [], 0
     with open(path, "rb") as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:
+        # In chunks: read(n) allocates n bytes up front, whatever the file's size.
+        while total <= limit and (chunk := handle.read(min(_CHUNK, limit + 1 - total))):
+            chunks.append(chunk)
+            total += len(chunk)
+    if total > limit:
         raise TooLarge(path, limit)
-    return data
+    return b"".join(chunks)
 
 
 __all__ = ["HeldFile", "TooLarge", "read_limited", "write_atomically"]

@@ -139,6 +139,16 @@ def overruns(run: Spend) -> list[Overrun]:
     return found
 
 
+def exhausted(run: Spend) -> Overrun | None:
+    """The first cumulative budget (episodes, steps, runtime) whose spend has reached its limit: a new start
+    of the run is refused (nothing is left for it to spend)."""
+    for budget in (Budget.EPISODES, Budget.STEPS, Budget.RUNTIME):
+        limit, used = run.limits.get(budget.limit_key), spent(run, budget)
+        if limit is not None and used is not None and used >= limit:
+            return Overrun(budget, used, limit)
+    return None
+
+
 __all__ = [
     "DEFAULT_HEARTBEAT",
     "PREPAY_HEARTBEATS",
@@ -146,6 +156,7 @@ __all__ = [
     "Overrun",
     "Spend",
     "budget_lines",
+    "exhausted",
     "heartbeat_interval",
     "over_ceiling",
     "overruns",

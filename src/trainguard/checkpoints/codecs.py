@@ -8,6 +8,7 @@ pickle that names code to run.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import pickle
@@ -209,13 +210,34 @@ def check_torch_file(data: Buffer, name: str, file: str) -> None:
     _torch_load(data, name, file)
 
 
+def load_torch_bytes(data: Buffer, name: str, file: str) -> Any:
+    """``torch.load(weights_only=True)`` of ``data`` (numpy arrays and scalars allowed); CorruptCheckpoint
+    or UnsafeCheckpoint naming ``file`` otherwise."""
+    return _torch_load(data, name, file)
+
+
+@functools.cache
+def _numpy_globals() -> list[Any]:
+    """What training statistics saved next to weights need beyond torch's own allow-list: numpy arrays and
+    scalars of plain numeric dtypes. Each only rebuilds an array from bytes; an object dtype's *contents*
+    would still need globals that stay refused."""
+    core = getattr(np, "_core", None) or np.core
+    numeric = [
+        kind
+        for name in dir(np.dtypes)
+        if name.endswith("DType") and np.dtype((kind := getattr(np.dtypes, name)).type).kind in "biufc"
+    ]
+    return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype, *numeric]
+
+
 def _torch_load(data: Buffer, name: str, file: str) -> Any:
     require("torch", f"reading {file} of checkpoint {name!r}")
     import torch
 
     try:
         raw = data.data if isinstance(data, np.ndarray) else data
-        return torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as error:
         # weights_only=True refuses any global outside torch's allow-list *before* calling it.
         raise UnsafeCheckpoint(
@@ -233,6 +255,8 @@ __all__ = [
     "AdoptedFile",
     "FileRecord",
     "NonFiniteValues",
+    "check_torch_file",
+    "load_torch_bytes",
     "read_state",
     "validate_staged",
     "write_state",

@@ -4,25 +4,47 @@ the CLI knows its commands and flags, so that wording lives here."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from trainguard.budget import EXTENDABLE
-from trainguard.errors import MISSING, ConfigError, LeaseHeld, LimitRaised, RegistryMismatch, TrainguardError
+from trainguard.errors import (
+    MISSING,
+    BudgetExhausted,
+    ConfigError,
+    LeaseHeld,
+    LimitRaised,
+    RegistryMismatch,
+    TrainguardError,
+)
+
+
+def _extend(run: str, budget: str) -> str:
+    unit = "DURATION" if budget == "runtime" else "N"
+    return f"trainguard budget extend {run} --{budget} {unit} --reason TEXT"
+
+
+def _limit_raised(error: LimitRaised) -> str | None:
+    key = error.parameter.split(".")[-1]
+    budget = next((name for name, limit_key in EXTENDABLE.items() if limit_key == key), None)
+    return _extend(error.run, budget) if budget is not None else None
+
+
+# Most specific first (LimitRaised is a ConfigError).
+_HINTS: tuple[tuple[type[TrainguardError], Callable[[Any], str | None]], ...] = (
+    (LimitRaised, _limit_raised),
+    (BudgetExhausted, lambda e: _extend(e.run, e.budget) if e.budget in EXTENDABLE else None),
+    (RegistryMismatch, lambda e: f"trainguard registry rebuild --store {e.store} --public-key K --reason R"),
+    (LeaseHeld, lambda e: f"`trainguard stop {e.run} --reason TEXT` stops it, `run --takeover` replaces it"),
+    (ConfigError, lambda e: "give --run NAME" if e.key == "run" and e.value is MISSING else None),
+)  # fmt: skip
 
 
 def hint(error: TrainguardError) -> str | None:
     """The command that resolves ``error``, if there is one."""
-    if isinstance(error, LimitRaised):
-        budget = next(
-            (name for name, key in EXTENDABLE.items() if key == error.parameter.split(".")[-1]), None
-        )
-        if budget is not None:
-            return f"trainguard budget extend {error.run} --{budget} N --reason TEXT"
-        return None
-    if isinstance(error, RegistryMismatch):
-        return f"trainguard registry rebuild --store {error.store} --public-key KEY.pub --reason TEXT"
-    if isinstance(error, LeaseHeld):
-        return f"trainguard stop {error.run} --reason TEXT stops the holder"
-    if isinstance(error, ConfigError) and error.key == "run" and error.value is MISSING:
-        return "give --run NAME"
+    for kind, make in _HINTS:
+        if isinstance(error, kind):
+            return make(error)
     return None
 
 

@@ -65,7 +65,8 @@ def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
         "--pattern",
         default=r"checkpoint_ep(?P<episode>\d+)\.pth",
         metavar="REGEX",
-        help=r"file names with a named group, default 'checkpoint_ep(?P<episode>\d+)\.pth'",
+        help=r"must match the whole file name, with a named group (?P<episode>\d+) or (?P<steps>\d+); "
+        r"default 'checkpoint_ep(?P<episode>\d+)\.pth' (SB3: 'model_(?P<steps>\d+)_steps\.zip')",
     )
     adopt.add_argument(
         "--features", action="append", metavar="FILE", help="the features they were trained on"
@@ -204,10 +205,18 @@ def cmd_adopt(args: argparse.Namespace) -> int:
             console.print(f"adopted  {file} -> {name}")
         for file, reason in report.refused:
             console.print(f"REFUSED  {file}: {reason}", markup=False)
+        if not report.adopted:
+            for file in report.ignored:  # nothing adopted: say what was skipped, and why
+                console.print(
+                    f"skipped  {file}: does not match {args.pattern!r} as a whole name", markup=False
+                )
         console.print(
-            f"{len(report.adopted)} adopted, {len(report.refused)} refused; the originals were only read"
+            f"{len(report.adopted)} adopted, {len(report.refused)} refused, "
+            f"{len(report.ignored)} not matching; the originals were only read"
         )
-    return ExitCode.PROBLEM if report.refused else ExitCode.OK
+    # Nothing adopted from a folder that holds files is a problem too (a pattern that matches nothing).
+    nothing = not report.adopted and bool(report.ignored or report.refused)
+    return ExitCode.PROBLEM if report.refused or nothing else ExitCode.OK
 
 
 def cmd_release(args: argparse.Namespace) -> int:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import resource
+import signal
 from pathlib import Path
 from typing import Any
 
+from trainguard.budget import budget_lines
 from trainguard.cli._common import ArgumentParser, duration_arg, err
 from trainguard.config import TrainguardConfig, load_config, parse_config
 from trainguard.config.units import format_duration, parse_size
 from trainguard.errors import InvalidArgument
-from trainguard.registry import Registry
+from trainguard.registry import Registry, RunRecord
 from trainguard.supervise import Launcher, LaunchOptions, LaunchResult
 
 
@@ -26,13 +28,28 @@ def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
     run.add_argument("--max-runtime", metavar="DURATION")
     run.add_argument("--max-memory", metavar="SIZE")
     run.add_argument("--max-disk", metavar="SIZE")
-    run.add_argument("--grace", metavar="DURATION", help="SIGTERM -> SIGKILL grace (default: watchdog.grace)")
+    run.add_argument(
+        "--grace", metavar="DURATION", help="stop signal -> SIGKILL grace (default: watchdog.grace)"
+    )
+    run.add_argument(
+        "--stop-signal",
+        default="TERM",
+        metavar="SIG",
+        help="what a stop sends first: TERM (default), INT (a trainer's KeyboardInterrupt path), HUP...",
+    )
     run.add_argument(
         "--watch-pattern",
         metavar="REGEX",
-        help=r"count episodes from files a legacy script writes, e.g. 'checkpoint_ep(?P<episode>\d+)\.pth'",
+        help=r"charge the budget from the checkpoint files an unmodified trainer writes: the whole name must "
+        r"match, e.g. 'checkpoint_ep(?P<episode>\d+)\.pth' or SB3's 'model_(?P<steps>\d+)_steps\.zip'",
     )
-    run.add_argument("--watch-dir", metavar="DIR", help="where those files appear (default: the store)")
+    run.add_argument("--watch-dir", metavar="DIR", help="the folder the trainer writes them to (required)")
+    run.add_argument(
+        "--count",
+        choices=("episodes", "steps"),
+        help="what the number in a watched name counts (default: the group's name: episode or steps)",
+    )
+    run.add_argument("--takeover", action="store_true", help="revoke a live holder's lease and take the run")
     run.add_argument("--rlimit-as", metavar="SIZE", help="address-space limit for the child")
     run.add_argument("--rlimit-nofile", type=int, metavar="N")
     run.add_argument("--no-progress", action="store_true", help="no live status line, even on a terminal")
@@ -68,6 +85,13 @@ def _options(args: argparse.Namespace, config: TrainguardConfig) -> LaunchOption
             "give the training command after --, e.g. trainguard run -c g.yaml -- python train.py",
         )
     grace = duration_arg("--grace", args.grace) if args.grace else config.watchdog.grace
+    if args.watch_pattern and not args.watch_dir:
+        raise InvalidArgument(
+            "--watch-dir",
+            None,
+            "give the folder the trainer writes its checkpoint files to (with --watch-pattern)",
+        )
+    stop_signal = _signal_arg(args.stop_signal)
     rlimits = {}
     if args.rlimit_as:
         try:
@@ -93,8 +117,21 @@ def _options(args: argparse.Namespace, config: TrainguardConfig) -> LaunchOption
         grace=grace,
         watch_pattern=args.watch_pattern,
         watch_dir=Path(args.watch_dir).resolve() if args.watch_dir else None,
+        count=args.count,
+        stop_signal=stop_signal,
+        takeover=args.takeover,
         rlimits=rlimits,
     )
+
+
+def _signal_arg(value: str) -> int:
+    name = value.upper().removeprefix("SIG")
+    number = getattr(signal, f"SIG{name}", None)
+    if not isinstance(number, int) or name in ("KILL", "STOP"):
+        raise InvalidArgument(
+            "--stop-signal", value, "must be a signal a trainer can handle: INT, TERM, HUP, USR1..."
+        )
+    return int(number)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -106,37 +143,55 @@ def cmd_run(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _spend_lines(info: RunRecord) -> list[str]:
+    """Each cumulative budget that is limited or counted: spent / limit, and how far past it (a stop lands
+    at the trainer's next save, so a legacy run overshoots by up to one save interval)."""
+    lines = []
+    for line in budget_lines(info):
+        if line.spent is None or (line.limit is None and not line.spent):
+            continue
+        runtime = line.budget.value == "runtime"
+        shown = format_duration if runtime else (lambda v: f"{v:.0f}")
+        limit = shown(line.limit) if line.limit is not None else "no limit"
+        over = line.spent - line.limit if line.limit is not None else 0
+        note = f" ({shown(over)} past the budget)" if over > 0 and not runtime else ""
+        lines.append(f"  {line.budget.value} {shown(line.spent)} / {limit}{note}")
+    return lines
+
+
 def _summary(config: TrainguardConfig, result: LaunchResult) -> None:
     run = config.require_run()
-    url = config.registry_url()
-    with Registry.open(url) as registry:
+    with Registry.open(config.registry_url(), mode="read") as registry:
         info = registry.run_info(run)
+        states = [r.state.value for r in registry.checkpoints(run, states=None)]
         committed = registry.checkpoints(run)
         live = registry.live_pointer(run)
     console = err()
-    limits = info.limits if info else {}
+    by = f" by {_WHO.get(result.stopped_by, result.stopped_by)}" if result.stopped_by else ""
     console.print(
-        f"[bold]trainguard run {run}[/]: {result.reason} (exit {result.exit_code}, "
-        f"child status {result.child_status})"
+        f"[bold]trainguard run {run}[/]: {result.reason}{by} (exit {result.exit_code}); the child "
+        f"{result.child_end or 'did not start'}",
+        highlight=False,
     )
-    if info is not None:
-        episodes = f"{info.episodes_spent} / {limits.get('max_episodes', 'no limit')}"
-        runtime = (
-            format_duration(info.runtime_spent)
-            + " / "
-            + (format_duration(limits["max_runtime"]) if "max_runtime" in limits else "no limit")
-        )
-        console.print(f"  episodes {episodes}   runtime {runtime}")
+    for line in _spend_lines(info) if info is not None else []:
+        console.print(line, highlight=False)
     if result.episodes_seen is not None:
-        console.print(f"  newest watched checkpoint file: episode {result.episodes_seen}")
+        console.print(f"  newest watched checkpoint file: count {result.episodes_seen}")
+    counts = ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))) or "none"
     last = committed[-1].name if committed else "-"
-    console.print(f"  checkpoints committed {len(committed)}, last {last}, live {live or '-'}")
+    console.print(
+        f"  checkpoints committed {len(states)} ({counts}), last kept {last}, live {live or '-'}",
+        highlight=False,
+    )
     if result.ladder is not None:
         ladder = result.ladder
         console.print(
-            f"  stopped with {', '.join(sorted({s for _, s in ladder.signals})) or 'no signal'}; "
+            f"  stopped with {', '.join(dict.fromkeys(s for _, s in ladder.signals)) or 'no signal'}; "
             f"killed {len(ladder.killed)}, survivors {len(ladder.survivors)}"
         )
+
+
+_WHO = {"launcher": "trainguard run", "guard": "the Guard in the child", "watchdog": "the watchdog"}
 
 
 __all__ = ["register"]

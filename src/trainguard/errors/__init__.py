@@ -28,6 +28,7 @@ from trainguard.errors._problems import (
     UnsafeStore,
 )
 from trainguard.errors._refused import (
+    BudgetExhausted,
     CommitFenced,
     CommitRefused,
     LeaseHeld,
@@ -50,6 +51,7 @@ from trainguard.errors._usage import (
 
 __all__ = [
     "MISSING",
+    "BudgetExhausted",
     "CheckpointNotFound",
     "CheckpointRejected",
     "CheckpointWriteError",

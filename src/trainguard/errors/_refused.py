@@ -44,6 +44,27 @@ class LeaseLost(TrainguardError, RuntimeError):
         return f"lease of run {self.run!r} with token {self.token} is no longer held: {self.reason}"
 
 
+class BudgetExhausted(TrainguardError, RuntimeError):
+    """A start refused because the run has already spent a cumulative budget (episodes, steps, runtime):
+    only an audited extension gives it more."""
+
+    exit_code = ExitCode.REFUSED
+
+    def __init__(self, run: str, budget: str, spent: float, limit: float) -> None:
+        self.run = run
+        self.budget = budget  # "episodes", "steps" or "runtime"
+        self.spent = spent
+        self.limit = limit
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        unit = "s" if self.budget == "runtime" else f" {self.budget}"
+        return (
+            f"run {self.run!r} has spent {self.spent:g}{unit} of its {self.limit:g}{unit} budget: "
+            "not started (a restart cannot buy more budget)"
+        )
+
+
 class CommitRefused(TrainguardError, RuntimeError):
     """The registry refused to commit a checkpoint (budget, duplicate name, or a fence)."""
 
@@ -74,6 +95,7 @@ class CommitFenced(CommitRefused, LeaseLost):
 
 
 __all__ = [
+    "BudgetExhausted",
     "CommitFenced",
     "CommitRefused",
     "LeaseHeld",

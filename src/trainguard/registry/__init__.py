@@ -21,13 +21,15 @@ from trainguard.registry._records import (
 )
 from trainguard.registry._restore import RestoreOps
 from trainguard.registry._states import CheckpointState, EventKind, LeaseState, ProcessRole
+from trainguard.registry._watched import COUNTS, WatchedFile, WatchedFileOps
 
 
-class Registry(CheckpointOps, BudgetOps, ProcessOps, RestoreOps):
+class Registry(CheckpointOps, BudgetOps, ProcessOps, RestoreOps, WatchedFileOps):
     """One registry for SQLite and PostgreSQL: ``Registry.open("sqlite:///...")`` or ``"postgresql://..."``."""
 
 
 __all__ = [
+    "COUNTS",
     "DEFAULT_LEASE_TTL",
     "CheckpointRecord",
     "CheckpointState",
@@ -46,5 +48,6 @@ __all__ = [
     "RegistryClock",
     "RunRecord",
     "WatchdogRecord",
+    "WatchedFile",
     "default_registry_url",
 ]

@@ -25,7 +25,8 @@ from sqlalchemy import (
 # 2: processes (who runs a run: launcher, child, guard), watchdogs (their own heartbeats)
 # 3: identities by start ticks since boot and uid (a wall-clock step no longer changes who is who);
 #    heartbeats timed in the registry's clock; meta (the id that binds a registry to its store)
-SCHEMA_VERSION = 3
+# 4: watched files (an unmodified trainer's checkpoint files, each charged to the budget once)
+SCHEMA_VERSION = 4
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT for an audit log that grows.
 _AutoId = BigInteger().with_variant(Integer(), "sqlite")
@@ -172,6 +173,23 @@ watchdogs = Table(
     Column("detail_json", Text, nullable=False, default="{}"),
 )
 
+watched_files = Table(
+    "tg_watched_files",
+    metadata,
+    Column("id", _AutoId, primary_key=True, autoincrement=True),
+    Column("run", String(128), ForeignKey("tg_runs.name"), nullable=False),
+    Column("path", Text, nullable=False),
+    # Identity: the same name rewritten is a new file (new inode, size or content) and new work.
+    Column("inode", BigInteger, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("digest", String(80), nullable=False),
+    Column("number", BigInteger, nullable=False),  # the count in its name (episode or step)
+    Column("kind", String(16), nullable=False),  # "episodes" | "steps"
+    Column("charged", BigInteger, nullable=False),  # what it added to the run's spend (0: predates the run)
+    Column("seen_at", Float, nullable=False),
+    UniqueConstraint("run", "path", "inode", "size", "digest", name="uq_tg_watched_file"),
+)
+
 meta = Table(
     "tg_meta",
     metadata,
@@ -201,4 +219,5 @@ __all__ = [
     "runs",
     "schema_version",
     "watchdogs",
+    "watched_files",
 ]

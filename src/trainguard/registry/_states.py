@@ -44,6 +44,7 @@ class EventKind(StrEnum):
     BUDGET_WARNING = "budget_warning"
     BUDGET_EXHAUSTED = "budget_exhausted"
     RESUMED = "resumed"
+    WATCHED_FILE = "watched_file"  # an unmodified trainer's checkpoint file, charged once
     REGISTRY_REBUILT = "registry_rebuilt"  # a run restored from its store's signed manifests
     # leases
     LEASE_ACQUIRED = "lease_acquired"

@@ -175,8 +175,10 @@ def run_ladder(
     dry_run: bool = False,
     descendants: bool = True,
     allow: Callable[[Target], str | None] | None = None,
+    first: int = signal.SIGTERM,
 ) -> LadderResult:
-    """SIGTERM every verified target, wait up to ``grace``, SIGKILL what is left, verify all are gone.
+    """SIGTERM (or ``first``) every verified target, wait up to ``grace``, SIGKILL what is left, verify all
+    are gone.
 
     ``allow`` says why a target (or a descendant found below one) must not be signalled, or None: what it
     refuses is never expanded or signalled, only reported in ``skipped``.
@@ -189,14 +191,15 @@ def run_ladder(
         below = [t for t in expand([p.target for p in pinned]) if t.pid not in seen]
         pinned += _pin_all(below, allow, result)
     try:
+        name = signal.Signals(first).name
         if dry_run:
-            result.signals = [(p.target.pid, "SIGTERM (dry run)") for p in pinned]
+            result.signals = [(p.target.pid, f"{name} (dry run)") for p in pinned]
             return result
         started = time.monotonic()
         result.first_signal_at = time.time()
         for handle in pinned:
-            if handle.send(signal.SIGTERM):
-                result.signals.append((handle.target.pid, "SIGTERM"))
+            if handle.send(first):
+                result.signals.append((handle.target.pid, name))
         stubborn = _wait_gone(pinned, grace)
         result.exited_after_term = [p.target.pid for p in pinned if p not in stubborn]
         for handle in stubborn:

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,16 +27,17 @@ from trainguard._os import environment
 from trainguard._os.files import write_atomically
 from trainguard._os.identity import ProcessIdentity
 from trainguard._os.resources import tree_rss
-from trainguard.budget import Budget, Runtime, over_ceiling
+from trainguard.budget import Budget, Runtime, exhausted, over_ceiling
 from trainguard.checkpoints import CheckpointStore, signing_of
 from trainguard.config import TrainguardConfig
-from trainguard.errors import ExitCode, InvalidArgument, RegistryError
-from trainguard.guard import REFUSALS, Stop, StopReason
-from trainguard.names import episode_pattern, meta_directory
+from trainguard.errors import BudgetExhausted, InvalidArgument, RegistryError
+from trainguard.guard import Stop, StopReason
+from trainguard.names import count_pattern, meta_directory
 from trainguard.registry import EventKind, Lease, ProcessRole, Registry
 from trainguard.supervise import _linux as linux
 from trainguard.supervise._containment import Containment
-from trainguard.supervise._legacy import LegacyProgress, watched_episodes
+from trainguard.supervise._legacy import FileAccounting, FileWatch, LegacyProgress
+from trainguard.supervise._outcome import LaunchResult, outcome
 from trainguard.supervise._procs import marked_processes
 from trainguard.supervise._progress_line import ProgressLine
 from trainguard.supervise._reaping import reap_children, signal_group, wait_reaped
@@ -51,25 +53,13 @@ class LaunchOptions:
     command: list[str]
     grace: float
     watch_pattern: str | None = None
-    watch_dir: Path | None = None
+    watch_dir: Path | None = None  # required with watch_pattern: the trainer's own checkpoint folder
+    count: str | None = None  # what the number in a watched name counts: episodes|steps (default: its group)
+    # What a stop sends first: SIGINT reaches a trainer's `except KeyboardInterrupt` (its final save).
+    stop_signal: int = signal.SIGTERM
+    takeover: bool = False  # revoke a live holder's lease instead of refusing (LeaseHeld)
     rlimits: dict[int, int] = field(default_factory=dict)
     progress: bool | None = None  # live status line; None: when stderr is a terminal
-
-
-@dataclass
-class LaunchResult:
-    exit_code: int
-    stop: Stop | None  # why the launcher stopped the child; None when the child ended on its own
-    child_status: int | None
-    episodes_seen: int | None = None
-    ladder: LadderResult | None = None
-
-    @property
-    def reason(self) -> str:
-        """The stop's reason, else ``completed`` (the child exited 0) or ``failed``."""
-        if self.stop is not None:
-            return self.stop.reason.value
-        return "completed" if self.child_status == 0 else "failed"
 
 
 class Launcher:
@@ -77,11 +67,13 @@ class Launcher:
         self.config = config
         self.options = options
         self.run = config.require_run()
-        self.pattern = (
-            episode_pattern("watch_pattern", options.watch_pattern) if options.watch_pattern else None
-        )
+        watched = options.watch_pattern
+        self.pattern = count_pattern("watch_pattern", watched, options.count) if watched else None
+        if self.pattern is not None and options.watch_dir is None:
+            # Defaulting to the store would watch trainguard's own folder and count nothing, silently.
+            raise InvalidArgument("watch_dir", None, "give the folder the trainer writes its checkpoints to")
         self.stop: Stop | None = None
-        self.progress = LegacyProgress(beat_every=0.0, watch_dir=Path())
+        self.progress = LegacyProgress(beat_every=0.0)
         self._line = ProgressLine(self.run, enabled=options.progress)
         self._signals: list[int] = []
 
@@ -98,18 +90,30 @@ class Launcher:
             # Creates and recovers it (and checks the config's signing keys before anything starts).
             signing = signing_of(self.config)
             CheckpointStore(store_path, run=self.run, registry=registry, signing=signing).close()
-            lease = registry.acquire(self.run, ttl=self.config.monitoring.lease_ttl, reason="trainguard run")
+            ttl, takeover = self.config.monitoring.lease_ttl, self.options.takeover
+            lease = registry.acquire(self.run, ttl=ttl, takeover=takeover, reason="trainguard run")
             try:
                 # Under the lease: a launcher refused the lease must not rewrite the live run's settings.
                 self.settings = registry.apply_limits(
                     self.run, self.config.effective_limits(), lease=lease, source="trainguard run"
                 )
-                return self._supervise(registry, lease, store_path, url)
+                files = self._account_existing(registry)
+                if (spent := exhausted(registry.run(self.run))) is not None:
+                    # Refused before the child runs: a restart must not buy the trainer more budget.
+                    raise BudgetExhausted(self.run, spent.budget.value, spent.spent, spent.limit)
+                return self._supervise(registry, lease, store_path, url, files)
             finally:
                 if lease.lost_reason is None:
                     lease.release()
         finally:
             registry.close()
+
+    def _account_existing(self, registry: Registry) -> FileAccounting | None:
+        if self.pattern is None or self.options.watch_dir is None:
+            return None
+        files = FileAccounting(registry, self.run, FileWatch(self.options.watch_dir, self.pattern))
+        _say(files.account_existing())
+        return files
 
     def _effective_config_file(self, store_path: Path) -> Path:
         """The child's Guard reads exactly what the launcher enforces (file plus command-line overrides)."""
@@ -155,7 +159,9 @@ class Launcher:
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def _supervise(self, registry: Registry, lease: Lease, store_path: Path, url: str) -> LaunchResult:
+    def _supervise(
+        self, registry: Registry, lease: Lease, store_path: Path, url: str, files: FileAccounting | None
+    ) -> LaunchResult:
         linux.become_subreaper()
         # Registered *before* the child exists: from its first instant the child carries the run marker, and
         # a watchdog sweeping right then must find a live owner for it, not an orphan.
@@ -191,9 +197,7 @@ class Launcher:
             spent = lease.while_held(lambda: registry.run(self.run).runtime_spent, what="read the budget")
             runtime = Runtime(self.settings.get("max_runtime"), spent)
             with self._line:
-                ladder, seen = self._loop(
-                    registry, lease, child, runtime, store_path, containment=containment
-                )
+                ladder, seen = self._loop(registry, lease, child, runtime, files, containment=containment)
             status = child.returncode if child.returncode is not None else wait_reaped(child)
         finally:
             for signum, handler in previous.items():
@@ -218,16 +222,16 @@ class Launcher:
         lease: Lease,
         child: subprocess.Popen[bytes],
         runtime: Runtime,
-        store_path: Path,
+        files: FileAccounting | None,
         *,
         containment: Containment,
     ) -> tuple[LadderResult | None, int | None]:
         """Supervise until the child exits (or is stopped); returns the ladder used, if any, and the highest
-        episode seen in watched files."""
+        count seen in watched files."""
         progress = self.progress = LegacyProgress(
-            beat_every=lease.renewal_interval(self.config.monitoring.heartbeat_interval),
-            watch_dir=self.options.watch_dir or store_path,
+            beat_every=lease.renewal_interval(self.config.monitoring.heartbeat_interval), files=files
         )
+        stop_signal = self.options.stop_signal
         child_identity = ProcessIdentity.of(child.pid)
         child_target = Target(
             child.pid, child_identity.start_ticks, ProcessRole.CHILD.value, child_identity.uid
@@ -241,17 +245,17 @@ class Launcher:
                 return None, progress.seen
             if self._signals and forwarded_at is None:
                 self._stop(StopReason.SIGNAL, f"signal {self._signals[0]} received")
-                signal_group(child.pid, signal.SIGTERM)
+                signal_group(child.pid, stop_signal)
                 forwarded_at = time.monotonic()
             if forwarded_at is not None and (
                 len(self._signals) > 1 or time.monotonic() - forwarded_at > self.options.grace
             ):
-                return run_ladder([child_target], grace=0), progress.seen
+                return run_ladder([child_target], grace=0, first=stop_signal), progress.seen
             if forwarded_at is None and time.monotonic() >= next_watch:
                 # Watched files are checked far more often than the heartbeat: the point is to stop the
                 # child as soon as the first checkpoint beyond the budget appears.
                 next_watch = time.monotonic() + _WATCH_EVERY
-                _best_effort(lambda: self._watch(registry, lease, progress))
+                _best_effort(lambda: self._watch(progress))
             if forwarded_at is None and time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + progress.beat_every
                 self._beat(registry, lease, runtime, child.pid, progress)
@@ -259,7 +263,8 @@ class Launcher:
                 _best_effort(lambda: self._line.update(registry))
             if self.stop is not None and forwarded_at is None:
                 # A budget or lease stop (a forwarded signal waits for the child above instead).
-                return run_ladder([child_target], grace=self.options.grace), progress.seen
+                ladder = run_ladder([child_target], grace=self.options.grace, first=stop_signal)
+                return ladder, progress.seen
             time.sleep(_POLL)
 
     def _beat(
@@ -303,20 +308,23 @@ class Launcher:
                 {"pid": os.getpid(), "episode": progress.seen, "legacy": True, "last_progress_age": age},
             )
 
-    def _watch(self, registry: Registry, lease: Lease, progress: LegacyProgress) -> None:
-        if self.pattern is None:
+    def _watch(self, progress: LegacyProgress) -> None:
+        files = progress.files
+        if files is None:
             return
-        found, newest = watched_episodes(progress.watch_dir, self.pattern)
-        if found is None or (progress.seen is not None and found <= progress.seen):
-            return
-        if progress.legacy:
-            registry.charge(self.run, episodes=found - (progress.seen or 0))
-        progress.seen, progress.last_new_file = found, newest
-        episodes = self.settings.get("max_episodes")
-        if episodes is not None and found > episodes:
-            self._stop(
-                StopReason.EPISODES,
-                f"a checkpoint of episode {found} appeared; the budget is {episodes} episodes",
+        files.poll(charge=progress.legacy)  # a Guard inside, once registered, counts for itself
+        if progress.legacy and (stop := files.over_budget(self.settings)) is not None:
+            self._stop(stop.reason, stop.detail)
+        waited = time.monotonic() - files.watch.started
+        if (
+            not files.watch.matched_any
+            and not progress.warned_empty
+            and waited > self.config.monitoring.stall_timeout
+        ):
+            progress.warned_empty = True
+            _say(
+                f"no file in {files.watch.directory} has matched {files.watch.pattern.regex.pattern!r} for "
+                f"{waited:.0f}s: is --watch-dir the folder the trainer writes its checkpoints to?"
             )
 
     def _check_budget(self, runtime: Runtime, child_pid: int) -> None:
@@ -359,29 +367,38 @@ class Launcher:
         ladder: LadderResult | None,
         seen: int | None,
     ) -> LaunchResult:
-        if self.stop is not None and self.stop.reason in REFUSALS:
-            code = int(ExitCode.REFUSED)
-        elif status is None:
-            code = 128 + signal.SIGKILL
-        else:
-            code = status
-        result = LaunchResult(code, self.stop, status, seen, ladder)
+        token, grace = lease.token, self.options.grace
+        result = outcome(
+            registry,
+            self.run,
+            token,
+            launcher_stop=self.stop,
+            status=status,
+            ladder=ladder,
+            grace=grace,
+            seen=seen,
+        )
+        detail = {
+            "reason": result.reason,
+            "stopped_by": result.stopped_by,
+            "exit_code": result.exit_code,
+            "child_status": status,
+            "child_end": result.child_end,
+            "ladder": ladder.as_dict() if ladder else None,
+            "count_seen": seen,
+        }
+        why = result.stop.detail if result.stop else result.reason
         _best_effort(
             lambda: registry.add_event(
-                self.run,
-                EventKind.LAUNCHER_EXITED,
-                token=lease.token,
-                reason=self.stop.detail if self.stop else result.reason,
-                detail={
-                    "reason": result.reason,
-                    "exit_code": code,
-                    "child_status": status,
-                    "ladder": ladder.as_dict() if ladder else None,
-                    "episodes_seen": seen,
-                },
+                self.run, EventKind.LAUNCHER_EXITED, token=token, reason=why, detail=detail
             )
         )
         return result
+
+
+def _say(line: str) -> None:
+    """A line for the person who started the run (stderr; the CLI's own output goes to stdout)."""
+    sys.stderr.write(f"trainguard run: {line}\n")
 
 
 def _best_effort(step: Callable[[], object]) -> None:
@@ -393,4 +410,4 @@ def _best_effort(step: Callable[[], object]) -> None:
         log.warning("trainguard run: registry unreachable, step skipped: %s", error)
 
 
-__all__ = ["LaunchOptions", "LaunchResult", "Launcher"]
+__all__ = ["LaunchOptions", "LaunchResult", "Launcher"]  # LaunchResult: see _outcome
