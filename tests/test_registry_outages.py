@@ -192,7 +192,7 @@ def test_trainguard_run_supervises_through_an_outage_shorter_than_the_lease(
         cut.join(30)
     assert restarted.is_set()
     assert proc.returncode == 3, stderr  # its episode budget ended it: a guard rule, exit 3
-    assert "episodes by the Guard in the child (exit 3)" in stderr
+    assert "stopped (episodes) by the Guard in the child (exit 3)" in stderr
     summary = summary_of(stdout)
     assert summary["episodes"][-1] == 25 and summary["stop_reason"] == "episodes", summary
     assert not summary["fenced"] and summary["save_errors"] == []

@@ -39,6 +39,8 @@ class AdoptionReport:
     refused: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     ignored: list[str] = field(default_factory=list)  # not matching the pattern
     pattern: str = ""
+    counts: str = "episode"  # what the pattern's number counts ("episode" or "steps")
+    numbers: list[int] = field(default_factory=list)  # the count of each adopted file, in order
 
     @property
     def complete(self) -> bool:
@@ -47,7 +49,10 @@ class AdoptionReport:
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "adopted": [{"file": f, "checkpoint": c} for f, c in self.adopted],
+            "adopted": [
+                {"file": f, "checkpoint": c, self.counts: n}
+                for (f, c), n in zip(self.adopted, self.numbers, strict=True)
+            ],
             "refused": [{"file": f, "reason": r} for f, r in self.refused],
             "ignored": self.ignored,
             "pattern": self.pattern,
@@ -60,7 +65,7 @@ def adopt_directory(
     counting = count_pattern("pattern", pattern)
     if not directory.is_dir():
         raise InvalidArgument("directory", str(directory), "is not a directory")
-    report = AdoptionReport(pattern=pattern)
+    report = AdoptionReport(pattern=pattern, counts="steps" if counting.counts == "steps" else "episode")
     matches = []
     for path in sorted(directory.iterdir()):
         count = counting.count(path.name) if path.is_file() else None
@@ -101,6 +106,7 @@ def adopt_directory(
             report.refused.append((path.name, str(error)))
             continue
         report.adopted.append((path.name, record.name))
+        report.numbers.append(count)
     return report
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, NoReturn
 from rich.console import Console
 from rich.table import Table
 
+from trainguard._os import environment
 from trainguard.checkpoints import CheckpointStore
 from trainguard.checkpoints.signing import signing_of
 from trainguard.config import TrainguardConfig, load_config
@@ -80,11 +82,32 @@ def _registry_url(args: argparse.Namespace, config: TrainguardConfig | None) -> 
     return config.registry_url() if config is not None else None
 
 
+DEFAULT_CONFIG = "guard.yaml"
+
+
+def config_path(args: argparse.Namespace) -> str | None:
+    """The config a command uses: -c, else $TRAINGUARD_CONFIG, else ./guard.yaml when it exists - but only
+    when nothing else says where the registry is (--registry, --store)."""
+    if getattr(args, "config", None):
+        return str(args.config)
+    if getattr(args, "registry", None) or getattr(args, "store", None):
+        return None
+    from_env = os.environ.get(environment.CONFIG)
+    if from_env:
+        return from_env
+    return DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None
+
+
 def registry_url(args: argparse.Namespace) -> str:
-    config = load_config(args.config) if getattr(args, "config", None) else None
+    path = config_path(args)
+    config = load_config(path) if path else None
     url = _registry_url(args, config)
     if url is None:
-        raise InvalidArgument("--registry", None, "give --registry URL, --store DIR or -c CONFIG")
+        raise InvalidArgument(
+            "--registry",
+            None,
+            f"give --registry URL, --store DIR or -c CONFIG (or run where {DEFAULT_CONFIG} is)",
+        )
     return url
 
 
@@ -100,7 +123,8 @@ def locate(args: argparse.Namespace) -> Location:
     """Resolve run, store and registry; the store comes from --store, the config, or the registry's record
     of the run."""
     run = validate_name(args.run, "run")
-    config = load_config(args.config, overrides={"run": run}) if args.config else None
+    path = config_path(args)
+    config = load_config(path, overrides={"run": run}) if path else None
     store = Path(args.store) if args.store else (config.store_path() if config else None)
     url = _registry_url(args, config)
     if url is None:

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 from trainguard._os.identity import wall_start
-from trainguard.cli._common import ArgumentParser, out, print_json
+from trainguard.cli._common import ArgumentParser, duration_arg, err, out, print_json, registry_url
 from trainguard.errors import ExitCode, InvalidArgument
 from trainguard.registry import Registry, default_registry_url
-from trainguard.supervise import StoreFindings, scan_store
+from trainguard.supervise import StoreFindings, scan_store, watch_writers
 
 
 def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
@@ -24,6 +24,18 @@ def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
         "stores", nargs="*", metavar="STORE", help="store directories (default: every store in the registry)"
     )
     scan.add_argument("--registry", metavar="URL")
+    scan.add_argument(
+        "-c", "--config", metavar="CONFIG", help="config whose registry to scan (default: guard.yaml)"
+    )
+    scan.add_argument(
+        "--watch",
+        metavar="DURATION",
+        help="also watch the stores (and the runs' watched folders) this long and name every writer that is "
+        "not the run's, however briefly it held its file (fanotify as root; inotify otherwise)",
+    )
+    scan.add_argument(
+        "--watch-dir", action="append", default=[], metavar="DIR", help="another folder to watch"
+    )
     scan.add_argument("--json", action="store_true")
     scan.set_defaults(handler=cmd_scan)
 
@@ -52,6 +64,8 @@ def _print_findings(result: StoreFindings) -> None:
         console.print(f"  unregistered directory (no committed row): {name}", markup=False)
     for name in result.dead_staging:
         console.print(f"  staging left by a dead writer: {name}", markup=False)
+    for line in result.writers:
+        console.print(f"  WRITER: {line}", markup=False)
     for problem in result.problems:
         console.print(f"  {problem}", markup=False)
 
@@ -66,21 +80,35 @@ def cmd_scan(args: argparse.Namespace) -> int:
             raise InvalidArgument("STORE", given, "is not a directory")
         targets.append((default_registry_url(path), path))
     if not targets:
-        raise InvalidArgument("STORE", None, "give one or more store directories or --registry URL")
-    results = []
+        # No argument: every store of the registry the config names (-c, $TRAINGUARD_CONFIG, ./guard.yaml).
+        targets.append((registry_url(args), None))
+    watch = duration_arg("--watch", args.watch) if args.watch else None
+    results, foreign = [], []
     for url, only in targets:
         with Registry.open(url, mode="read") as registry:
-            for run in registry.runs():
-                if run.store and (only is None or Path(run.store).resolve() == only):
-                    results.append(scan_store(registry, run))
-    found = any(r.anything for r in results)
+            runs = [
+                r for r in registry.runs() if r.store and (only is None or Path(r.store).resolve() == only)
+            ]
+            results += [scan_store(registry, run) for run in runs]
+            if watch is not None:
+                extra = [Path(d) for d in args.watch_dir]
+                say = lambda line: err().print(line, markup=False)  # noqa: E731
+                foreign += watch_writers(registry, runs, extra, watch, say)
+    by_run = {r.run: r for r in results}
+    for item in foreign:
+        if item.run in by_run:
+            by_run[item.run].writers.append(item.why)
+    unowned = [item.why for item in foreign if item.run not in by_run]
+    found = any(r.anything for r in results) or bool(unowned)
     code = ExitCode.PROBLEM if found else ExitCode.OK
     if args.json:
-        print_json({"found": found, "stores": [r.as_dict() for r in results]})
+        print_json({"found": found, "stores": [r.as_dict() for r in results], "unowned_writes": unowned})
         return code
     console = out()
     for result in results:
         _print_findings(result)
+    for line in unowned:
+        console.print(f"  {line}", markup=False)
     if not found:
         console.print("nothing found")
     return code

@@ -167,9 +167,10 @@ def _summary(config: TrainguardConfig, result: LaunchResult) -> None:
         committed = registry.checkpoints(run)
         live = registry.live_pointer(run)
     console = err()
-    by = f" by {_WHO.get(result.stopped_by, result.stopped_by)}" if result.stopped_by else ""
+    who = _WHO.get(result.stopped_by or "", result.stopped_by)
+    ended = f"stopped ({result.reason}) by {who}" if result.stop is not None else result.reason
     console.print(
-        f"[bold]trainguard run {run}[/]: {result.reason}{by} (exit {result.exit_code}); the child "
+        f"[bold]trainguard run {run}[/]: {ended} (exit {result.exit_code}); the child "
         f"{result.child_end or 'did not start'}",
         highlight=False,
     )
@@ -191,7 +192,12 @@ def _summary(config: TrainguardConfig, result: LaunchResult) -> None:
         )
 
 
-_WHO = {"launcher": "trainguard run", "guard": "the Guard in the child", "watchdog": "the watchdog"}
+_WHO = {
+    "launcher": "trainguard run",
+    "guard": "the Guard in the child",
+    "watchdog": "the watchdog",
+    "operator": "an operator (trainguard stop)",
+}
 
 
 __all__ = ["register"]

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
 from trainguard.cli._common import ArgumentParser, add_registry_args, duration_arg, err, out, registry_url
@@ -42,6 +43,13 @@ def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
     watchdog.add_argument("--dry-run", action="store_true", help="record what it would do; touch nothing")
     watchdog.add_argument("--metrics-port", type=int, metavar="N", help="Prometheus metrics on 127.0.0.1:N")
     watchdog.add_argument("--print-systemd-unit", action="store_true", help="print a unit file and exit")
+    watchdog.add_argument(
+        "--watch-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also name every writer of files in DIR that is not a run's (a trainer's own model folder)",
+    )
     watchdog.set_defaults(handler=cmd_watchdog)
 
 
@@ -69,7 +77,8 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
     with Registry.open(url) as registry:
-        watchdog = Watchdog(registry, interval=interval, dry_run=args.dry_run, grace=grace)
+        watch = [Path(d) for d in args.watch_dir]
+        watchdog = Watchdog(registry, interval=interval, dry_run=args.dry_run, grace=grace, watch_dirs=watch)
         metrics = WatchdogMetrics() if args.metrics_port else None
         if metrics is not None:
             metrics.serve(args.metrics_port)
@@ -85,7 +94,11 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
                 metrics.update(registry, report, time.monotonic() - started)
             for finding, _ in report.ladders:
                 err().print(f"  {finding.run}: {finding.reason}: {finding.detail}", markup=False)
+            for foreign in report.foreign:
+                if foreign.run is None:
+                    err().print(f"  (no run): {foreign.why}", markup=False)
             if args.once or stop.wait(max(0.0, interval - (time.monotonic() - started))):
+                watchdog.close()
                 return 0
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 from trainguard._os.identity import is_same_process_alive
 from trainguard.supervise._membership import Membership
 from trainguard.supervise._procs import Evidence, holders_under, marked_processes
+from trainguard.supervise._rogue_writes import ForeignWrite, watch_writers
+from trainguard.supervise._writers import Write, WriteMonitor
 from trainguard.supervise.ladder import LadderResult, Target, run_ladder
 from trainguard.supervise.launcher import Launcher, LaunchOptions, LaunchResult
 from trainguard.supervise.metrics import WatchdogMetrics
@@ -16,6 +18,7 @@ from trainguard.supervise.watchdog import Finding, SweepReport, Violation, Watch
 __all__ = [
     "Evidence",
     "Finding",
+    "ForeignWrite",
     "LadderResult",
     "LaunchOptions",
     "LaunchResult",
@@ -28,9 +31,12 @@ __all__ = [
     "Violation",
     "Watchdog",
     "WatchdogMetrics",
+    "Write",
+    "WriteMonitor",
     "holders_under",
     "is_same_process_alive",
     "marked_processes",
     "run_ladder",
     "scan_store",
+    "watch_writers",
 ]

@@ -102,12 +102,13 @@ class FileAccounting:
             return f"watching {where}: {added} {self.watch.pattern.counts} charged for files written since"
         return f"watching {where} (counting {self.watch.pattern.counts})"
 
-    def poll(self, *, charge: bool) -> int:
-        """Record files that appeared and stopped changing; what they added to the spend."""
+    def poll(self, *, charge: bool, settled: bool = False) -> int:
+        """Record files that appeared and stopped changing (``settled``: every file, the trainer has exited);
+        what they added to the spend."""
         kind = self.watch.pattern.counts
         return sum(
             self.registry.record_watched_file(self.run, f, kind=kind, charge=charge)
-            for f in self.watch.scan()
+            for f in self.watch.scan(settled=settled)
         )
 
     def over_budget(self, limits: dict[str, object]) -> Stop | None:

@@ -5,6 +5,7 @@ and working directories they hold, their parent chain and cgroup - the evidence 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,12 @@ class Evidence:
             return self.marker, self.token
         return parse_name(self.cgroup)
 
+    @property
+    def container(self) -> str | None:
+        """The container the process runs in, from its cgroup (docker, containerd, CRI-O, podman): the
+        incident's rogue trainer ran inside one."""
+        return container_of(self.cgroup)
+
     def as_dict(self) -> dict[str, object]:
         return {
             "pid": self.pid,
@@ -56,7 +63,17 @@ class Evidence:
             "marker": self.marker,
             "token": self.token,
             "registry_id": self.registry_id,
+            "container": self.container,
         }
+
+
+_CONTAINER = re.compile(r"(?:docker|containerd|crio|libpod|kubepods)[^/]*?[-/:]?([0-9a-f]{64})")
+
+
+def container_of(cgroup: str) -> str | None:
+    """A container id (the 12-character form ``docker ps`` shows) in a cgroup path, or None."""
+    match = _CONTAINER.search(cgroup) or re.search(r"/([0-9a-f]{64})(?:\.scope)?$", cgroup)
+    return match.group(1)[:12] if match else None
 
 
 def _environ_marker(proc: psutil.Process) -> tuple[str | None, int | None, str | None]:

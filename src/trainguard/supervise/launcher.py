@@ -94,9 +94,11 @@ class Launcher:
             lease = registry.acquire(self.run, ttl=ttl, takeover=takeover, reason="trainguard run")
             try:
                 # Under the lease: a launcher refused the lease must not rewrite the live run's settings.
-                self.settings = registry.apply_limits(
-                    self.run, self.config.effective_limits(), lease=lease, source="trainguard run"
-                )
+                given = self.config.effective_limits()
+                if self.options.watch_dir is not None:
+                    # Recorded so the watchdog also names foreign writers of the trainer's own folder.
+                    given["watch_dir"] = str(self.options.watch_dir.resolve())
+                self.settings = registry.apply_limits(self.run, given, lease=lease, source="trainguard run")
                 files = self._account_existing(registry)
                 if (spent := exhausted(registry.run(self.run))) is not None:
                     # Refused before the child runs: a restart must not buy the trainer more budget.
@@ -209,6 +211,11 @@ class Launcher:
             if self.progress.legacy and runtime is not None and runtime.charged:  # settle the prepay
                 settle = functools.partial(runtime.settle, lambda fix: registry.charge(self.run, runtime=fix))
                 _best_effort(settle)
+            if self.progress.legacy and files is not None:
+                # The child has exited: what it wrote on its way out (a final save on SIGINT) is charged now
+                # and shown in the summary, not left for the next start to find.
+                _best_effort(lambda: files.poll(charge=True, settled=True))
+                seen = self.progress.seen
             for process_id in ids:
                 _best_effort(functools.partial(registry.end_process, process_id))
         return self._finish(registry, lease, status, ladder, seen)

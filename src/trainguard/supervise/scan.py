@@ -45,11 +45,17 @@ class StoreFindings:
     dead_staging: list[str] = field(default_factory=list)
     fenced_attempts: int = 0
     problems: list[str] = field(default_factory=list)  # live pointer, budget
+    writers: list[str] = field(default_factory=list)  # writes by processes that are not the run's (--watch)
 
     @property
     def anything(self) -> bool:
         return bool(
-            self.suspects or self.unregistered or self.dead_staging or self.problems or self.fenced_attempts
+            self.suspects
+            or self.unregistered
+            or self.dead_staging
+            or self.problems
+            or self.fenced_attempts
+            or self.writers
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -60,6 +66,11 @@ class StoreFindings:
             "unregistered": self.unregistered,
             "dead_staging": self.dead_staging,
             "fenced_attempts_last_hour": self.fenced_attempts,
+            "problems": self.problems,
+            "over_budget": [
+                p.removeprefix("over budget: ") for p in self.problems if p.startswith("over budget")
+            ],
+            "writers": self.writers,
         }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -26,7 +27,9 @@ from trainguard.supervise import _descendants
 from trainguard.supervise._cgroup import RunCgroup, parse_name
 from trainguard.supervise._linux import require_linux
 from trainguard.supervise._membership import Membership
+from trainguard.supervise._rogue_writes import ForeignWrite, foreign_writes, watched_folders
 from trainguard.supervise._snapshot import Snapshot
+from trainguard.supervise._writers import WriteMonitor
 from trainguard.supervise.ladder import LadderResult, Target, run_ladder
 from trainguard.supervise.scan import StoreFindings, scan_run
 
@@ -67,6 +70,7 @@ class SweepReport:
     findings: list[Finding] = field(default_factory=list)
     ladders: list[tuple[Finding, LadderResult | None]] = field(default_factory=list)
     stores: list[StoreFindings] = field(default_factory=list)
+    foreign: list[ForeignWrite] = field(default_factory=list)  # writes by processes that are not the run's
 
 
 def _setting(run: RunRecord, key: str, default: float) -> float:
@@ -83,12 +87,15 @@ class Watchdog:
         dry_run: bool = False,
         grace: float | None = None,
         scan_rogues: bool = True,
+        watch_dirs: list[Path] | None = None,
     ) -> None:
         self.registry = registry
         self.interval = interval
         self.dry_run = dry_run
         self.grace = grace
         self.scan_rogues = scan_rogues
+        self.watch_dirs = list(watch_dirs or [])  # folders outside any store to name writers in
+        self._writes: WriteMonitor | None = None  # started at the first sweep; sees writes between sweeps
         require_linux("trainguard watchdog")  # /proc is what it judges by
         self.me = ProcessIdentity.current()
 
@@ -109,6 +116,7 @@ class Watchdog:
                     findings = scan_run(snapshot, run)
                     report.stores.append(findings)
                     report.findings.extend(self._rogue_findings(run, findings))
+            report.findings.extend(self._writer_findings(snapshot, report))
         for finding in report.findings:
             report.ladders.append((finding, self.act(finding, self._grace(snapshot.runs, finding.run))))
         return report
@@ -274,6 +282,39 @@ class Watchdog:
             )
             for suspect in findings.suspects
         ]
+
+    def _writer_findings(self, snapshot: Snapshot, report: SweepReport) -> list[Finding]:
+        """Writers of files under the runs' folders that are not the runs' (the kernel names each, even one
+        that held its file for a millisecond: fanotify)."""
+        folders = sorted({*watched_folders(snapshot), *(str(d.resolve()) for d in self.watch_dirs)})
+        if self._writes is None or self._writes.directories != folders:
+            if self._writes is not None:
+                self._writes.close()
+            self._writes = WriteMonitor([Path(f) for f in folders])
+            # A watchdog dropped without close() (a test's one sweep) must not leave the reader running.
+            weakref.finalize(self, self._writes.close)
+            if self._writes.limitation:
+                log.warning("trainguard watchdog: %s", self._writes.limitation)
+        report.foreign = foreign_writes(self.registry, snapshot, self._writes.drain(), self.watch_dirs)
+        findings = []
+        for foreign in report.foreign:
+            writer, run = foreign.write.writer, foreign.run
+            if run is None:
+                log.warning("trainguard watchdog: %s", foreign.why)
+                continue
+            record = next(r for r in snapshot.runs if r.name == run)
+            targets = [Target(writer.pid, writer.start_ticks, "writer", writer.uid)] if writer else []
+            kill = record.limits.get("rogue_action") == "kill" and bool(targets)
+            evidence = {"write": foreign.write.as_dict()}
+            findings.append(
+                Finding(run, Violation.ROGUE, foreign.why, targets, evidence, revoke=False, act=kill)
+            )
+        return findings
+
+    def close(self) -> None:
+        if self._writes is not None:
+            self._writes.close()
+            self._writes = None
 
     # -- acting -----------------------------------------------------------------------------------
 

@@ -1,0 +1,260 @@
+"""Who wrote each file: the writers a ``/proc`` scan misses.
+
+A trainer that opens a checkpoint, writes it and closes it within milliseconds is never seen holding it in
+``/proc/*/fd``. The kernel can say who wrote it:
+
+- **fanotify** (needs ``CAP_SYS_ADMIN``: the watchdog's systemd unit runs as root): a mark on the mount of
+  each watched directory; every ``FAN_CLOSE_WRITE`` event carries the writer's pid and an open descriptor
+  of the file (its path). Nothing is missed while the monitor runs, however short the write.
+- **inotify** (anyone, as a fallback): ``IN_CLOSE_WRITE``/``IN_MOVED_TO`` name the file but not the writer;
+  the candidates are the processes whose working directory or open files are under the directory at the
+  moment the events are read - a writer that has already moved on is not named. ``how`` says which.
+
+A reader thread takes each event as it arrives and looks at the writer at once - while it still runs, so
+a trainer that writes its last checkpoint and exits is still identified (its marker, cgroup, parents);
+``drain()`` hands over what was seen since the last call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import select
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from trainguard.supervise._procs import Evidence, describe
+
+# <sys/fanotify.h>
+_FAN_CLOSE_WRITE = 0x08
+_FAN_EVENT_ON_CHILD = 0x08000000
+_FAN_CLOEXEC, _FAN_NONBLOCK, _FAN_CLASS_NOTIF = 0x01, 0x02, 0x00
+_FAN_MARK_ADD, _FAN_MARK_MOUNT = 0x01, 0x10
+_FAN_NOFD = -1
+_AT_FDCWD = -100
+_EVENT = struct.Struct("=IBBHQii")  # event_len, vers, reserved, metadata_len, mask, fd, pid
+# <sys/inotify.h>
+_IN_CLOSE_WRITE, _IN_MOVED_TO, _IN_CREATE, _IN_ISDIR = 0x08, 0x80, 0x100, 0x40000000
+_IN_NONBLOCK, _IN_CLOEXEC = 0o4000, 0o2000000
+_INOTIFY = struct.Struct("=iIII")  # wd, mask, cookie, len
+
+
+@dataclass(frozen=True)
+class Write:
+    """A file closed after writing, under a watched directory."""
+
+    path: str
+    at: float
+    how: str  # "fanotify": ``pid`` is the writer; "inotify": ``candidates`` are who it may have been
+    pid: int | None = None
+    writer: Evidence | None = None  # the writer as it is now (None: already gone, or unknown)
+    candidates: list[Evidence] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "at": self.at,
+            "how": self.how,
+            "pid": self.pid,
+            "writer": self.writer.as_dict() if self.writer else None,
+            "candidates": [c.as_dict() for c in self.candidates],
+        }
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _under(path: str, directories: list[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in directories)
+
+
+class WriteMonitor:
+    """Writes under ``directories`` (and below them), by writer; ``how`` says which kernel facility sees
+    them and so what can be named."""
+
+    def __init__(self, directories: list[Path]) -> None:
+        self.directories = sorted({str(Path(d).resolve()) for d in directories})
+        self.fd = -1
+        self.how = "none"
+        self.limitation = ""
+        self._watches: dict[int, str] = {}
+        self._skip = os.getpid()  # the monitor's own reads of event descriptors are not writes
+        self._seen: list[Write] = []
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._reader: threading.Thread | None = None
+        if not self.directories:
+            return
+        try:
+            self._start_fanotify()
+        except OSError as error:
+            self.limitation = (
+                f"fanotify unavailable ({os.strerror(error.errno or 0)}; it needs CAP_SYS_ADMIN): inotify "
+                "names the files written but not their writers - only processes holding files or sitting "
+                "under the directory when the events are read can be named"
+            )
+            self._start_inotify()
+        if self.fd >= 0:
+            self._reader = threading.Thread(target=self._read_events, name="trainguard-writes", daemon=True)
+            self._reader.start()
+
+    def _start_fanotify(self) -> None:
+        libc = _libc()
+        fd = libc.fanotify_init(_FAN_CLASS_NOTIF | _FAN_CLOEXEC | _FAN_NONBLOCK, os.O_RDONLY | os.O_LARGEFILE)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "fanotify_init")
+        for directory in self.directories:
+            # A mount mark sees every file below the directory, however deep; events are filtered by path.
+            if (
+                libc.fanotify_mark(
+                    fd, _FAN_MARK_ADD | _FAN_MARK_MOUNT, _FAN_CLOSE_WRITE, _AT_FDCWD, directory.encode()
+                )
+                < 0
+            ):
+                code = ctypes.get_errno()
+                os.close(fd)
+                raise OSError(code, "fanotify_mark")
+        self.fd, self.how = fd, "fanotify"
+
+    def _start_inotify(self) -> None:
+        libc = _libc()
+        fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        if fd < 0:
+            self.limitation += "; inotify unavailable too: no writes can be seen"
+            return
+        self.fd, self.how = fd, "inotify"
+        for directory in self.directories:
+            for root, _dirs, _files in os.walk(directory):
+                self._watch(libc, root)
+
+    def _watch(self, libc: ctypes.CDLL, directory: str) -> None:
+        mask = _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE
+        wd = libc.inotify_add_watch(self.fd, directory.encode(), mask)
+        if wd >= 0:
+            self._watches[wd] = directory
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+            self._reader = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> WriteMonitor:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def drain(self) -> list[Write]:
+        """Every write seen since the last call."""
+        with self._lock:
+            writes, self._seen = self._seen, []
+        return writes
+
+    def _read_events(self) -> None:
+        # Woken by the kernel as soon as an event is queued (or every 0.2 s to notice close()).
+        while not self._closing.is_set():
+            ready, _, _ = select.select([self.fd], [], [], 0.2)
+            if not ready:
+                continue
+            writes = self._drain_fanotify() if self.how == "fanotify" else self._drain_inotify()
+            if writes:
+                with self._lock:
+                    self._seen += writes
+
+    def _read(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError as error:
+                if error.errno == errno.EINTR:
+                    continue
+                raise
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _drain_fanotify(self) -> list[Write]:
+        data, offset, writes = self._read(), 0, []
+        now = time.time()
+        while offset + _EVENT.size <= len(data):
+            length, _vers, _res, _meta, _mask, fd, pid = _EVENT.unpack_from(data, offset)
+            offset += max(length, _EVENT.size)
+            if fd == _FAN_NOFD or fd < 0:
+                continue
+            try:
+                path = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                path = ""
+            finally:
+                os.close(fd)
+            if pid == self._skip or not _under(path, self.directories):
+                continue
+            writes.append(Write(path, now, "fanotify", pid, _evidence(pid, path)))
+        return writes
+
+    def _drain_inotify(self) -> list[Write]:
+        data, offset, writes = self._read(), 0, []
+        now = time.time()
+        libc = None
+        candidates: dict[str, list[Evidence]] = {}
+        while offset + _INOTIFY.size <= len(data):
+            wd, mask, _cookie, length = _INOTIFY.unpack_from(data, offset)
+            raw = data[offset + _INOTIFY.size : offset + _INOTIFY.size + length]
+            offset += _INOTIFY.size + length
+            directory = self._watches.get(wd)
+            if directory is None:
+                continue
+            path = os.path.join(directory, raw.rstrip(b"\0").decode(errors="replace"))
+            if mask & _IN_CREATE and mask & _IN_ISDIR:
+                libc = libc or _libc()
+                self._watch(libc, path)  # a new subdirectory: watch it too
+            elif mask & (_IN_CLOSE_WRITE | _IN_MOVED_TO) and not mask & _IN_ISDIR:
+                if directory not in candidates:  # one /proc walk per directory per batch, not per event
+                    candidates[directory] = _candidates(directory)
+                writes.append(Write(path, now, "inotify", candidates=candidates[directory]))
+        return writes
+
+
+def _evidence(pid: int, path: str) -> Evidence | None:
+    try:
+        return describe(psutil.Process(pid), files=[path])
+    except psutil.Error:
+        return None  # a writer that has exited: its pid is all there is
+
+
+def _candidates(directory: str) -> list[Evidence]:
+    """Processes that hold files or sit under ``directory`` now (what inotify cannot say)."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == os.getpid():
+            continue
+        try:
+            held = [f.path for f in proc.open_files() if _under(f.path, [directory])]
+            cwd = proc.cwd()
+        except psutil.Error:
+            continue
+        if held or _under(cwd, [directory]):
+            try:
+                found.append(describe(proc, files=held, cwd=cwd))
+            except psutil.Error:
+                continue
+    return found
+
+
+__all__ = ["Write", "WriteMonitor"]
