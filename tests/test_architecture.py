@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "trainguard.config": 1,
     "trainguard.budget": 1,
     "trainguard.fingerprint": 1,
+    "trainguard.notify": 1,
     "trainguard.registry": 2,
     "trainguard.checkpoints": 3,
     "trainguard.promotion": 4,

@@ -93,8 +93,8 @@ def test_config_check(tmp_path: Path) -> None:
     result = run_cli("config", "check", str(good))
     assert (
         result.returncode == 0
-        and "episodes     20000" in result.stdout
-        and "runtime      24.0h" in result.stdout
+        and "episodes       20000" in result.stdout
+        and "runtime        24.0h" in result.stdout
     )
     as_json = json.loads(run_cli("config", "check", str(good), "--json").stdout)
     assert (

@@ -31,6 +31,27 @@ def tree_rss(*pids: int | None) -> int:
     return total
 
 
+def tree_cpu_seconds(*pids: int | None) -> float:
+    """User + system CPU seconds of the processes (default: this one) and their living descendants, plus
+    what their reaped children used (so a worker that exits does not take its CPU with it)."""
+    processes: dict[int, psutil.Process] = {}
+    for pid in pids or (None,):
+        try:
+            root = psutil.Process(pid)
+            for process in (root, *root.children(recursive=True)):
+                processes.setdefault(process.pid, process)
+        except psutil.Error:
+            continue
+    total = 0.0
+    for process in processes.values():
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
 def tree_bytes(root: Path) -> int:
     """Bytes of every file under ``root`` (the store, quarantine and registry included); symlinks are not
     followed, so a link cannot make another directory count against the store."""
@@ -52,4 +73,4 @@ def tree_bytes(root: Path) -> int:
     return total
 
 
-__all__ = ["tree_bytes", "tree_rss"]
+__all__ = ["tree_bytes", "tree_cpu_seconds", "tree_rss"]

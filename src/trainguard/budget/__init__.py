@@ -5,6 +5,14 @@ incident scan, the CLI and the metrics all use them, and the registry applies th
 from __future__ import annotations
 
 from trainguard.budget._counters import BudgetWarnings, ReservedCounter, Runtime, warn_log
+from trainguard.budget._levels import (
+    WARN_LEVELS,
+    CpuOverrun,
+    CpuWindow,
+    LevelWarnings,
+    NoImprovement,
+    Plateau,
+)
 from trainguard.budget._limits import (
     EXTENDABLE,
     EXTENSIONS,
@@ -38,11 +46,17 @@ __all__ = [
     "EXTENSIONS",
     "LIMIT_KEYS",
     "PREPAY_HEARTBEATS",
+    "WARN_LEVELS",
     "Budget",
     "BudgetLine",
     "BudgetWarnings",
+    "CpuOverrun",
+    "CpuWindow",
     "EffectiveLimits",
+    "LevelWarnings",
+    "NoImprovement",
     "Overrun",
+    "Plateau",
     "Remaining",
     "ReservedCounter",
     "Runtime",

@@ -11,8 +11,18 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from trainguard.cli._common import ArgumentParser, add_registry_args, duration_arg, err, out, registry_url
+from trainguard.cli._common import (
+    ArgumentParser,
+    add_registry_args,
+    config_path,
+    duration_arg,
+    err,
+    out,
+    registry_url,
+)
+from trainguard.config import Notifications, load_config
 from trainguard.errors import InvalidArgument
+from trainguard.notify import Notifier
 from trainguard.registry import Registry
 
 SYSTEMD_UNIT = """\
@@ -53,6 +63,16 @@ def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
     watchdog.set_defaults(handler=cmd_watchdog)
 
 
+def _notifier(args: argparse.Namespace) -> Notifier | None:
+    """The config's webhook (-c, $TRAINGUARD_CONFIG, ./guard.yaml), else $TRAINGUARD_WEBHOOK_URL."""
+    for folder in args.watch_dir:
+        if not Path(folder).is_dir():
+            raise InvalidArgument("--watch-dir", folder, "is not a directory")
+    path = config_path(args)
+    notes = load_config(path).notifications if path else Notifications()
+    return Notifier.from_settings(notes.webhook, notes.events, notes.timeout, source="watchdog")
+
+
 def cmd_watchdog(args: argparse.Namespace) -> int:
     from trainguard.supervise import Watchdog, WatchdogMetrics
 
@@ -69,6 +89,7 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
         )
         return 0
     grace = duration_arg("--grace", args.grace) if args.grace else None
+    notifier = _notifier(args)
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
@@ -78,7 +99,14 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
         signal.signal(signum, on_signal)
     with Registry.open(url) as registry:
         watch = [Path(d) for d in args.watch_dir]
-        watchdog = Watchdog(registry, interval=interval, dry_run=args.dry_run, grace=grace, watch_dirs=watch)
+        watchdog = Watchdog(
+            registry,
+            interval=interval,
+            dry_run=args.dry_run,
+            grace=grace,
+            watch_dirs=watch,
+            notifier=notifier,
+        )
         metrics = WatchdogMetrics() if args.metrics_port else None
         if metrics is not None:
             metrics.serve(args.metrics_port)
@@ -99,6 +127,8 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
                     err().print(f"  (no run): {foreign.why}", markup=False)
             if args.once or stop.wait(max(0.0, interval - (time.monotonic() - started))):
                 watchdog.close()
+                if notifier is not None:
+                    notifier.close()
                 return 0
 
 

@@ -14,8 +14,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from trainguard._os.files import TooLarge, read_limited
-from trainguard.config._incident import is_incident_form, set_dotted, translate_incident_form
 from trainguard.config._models import TrainguardConfig
+from trainguard.config._project import set_dotted, translate
 from trainguard.errors import MISSING, ConfigError
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -72,10 +72,12 @@ def parse_config(
         raise ConfigError(
             "(top level)", type(data).__name__, "a config must be a mapping of keys to values", source=where
         )
-    renamed: dict[str, str] = {}
-    if is_incident_form(data):
-        data, renamed = translate_incident_form(data)
-    data = dict(data)
+    try:
+        data, how = translate(data)
+    except ConfigError as refused:
+        refused.source = where
+        raise
+    renamed = how.renamed
     for dotted, value in (overrides or {}).items():
         if value is not None:
             set_dotted(data, dotted, value)
@@ -85,6 +87,7 @@ def parse_config(
         problem = _format_validation_error(error, renamed)
         problem.source = where
         raise problem from None
+    config.translation = how
     if source is not None:
         config.source = Path(source).resolve()
         base = config.source.parent

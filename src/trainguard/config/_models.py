@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from trainguard.config._project import Translation
 from trainguard.config._thresholds import parse_threshold
 from trainguard.config.units import parse_duration, parse_size
 from trainguard.errors import MISSING, ConfigError, InvalidArgument, InvalidName
@@ -63,6 +64,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True, validate_default=True)
 
 
+Percent = Annotated[float, Field(gt=0, le=100_000, allow_inf_nan=False), BeforeValidator(_not_bool)]
+Improvement = Annotated[float, Field(ge=0, allow_inf_nan=False), BeforeValidator(_not_bool)]
+
+
 class Limits(_Section):
     max_episodes: Count | None = None
     max_steps: Count | None = None
@@ -70,8 +75,20 @@ class Limits(_Section):
     max_memory: Size | None = None
     max_disk: Size | None = None
     warn_at: Fraction = 0.9
+    # CPU of the process tree, in percent of one core (200 = two cores), averaged over cpu_window: a
+    # sustained level, not a spike (a checkpoint's hashing briefly uses every core).
+    max_cpu_percent: Percent | None = None
+    cpu_window: Timing = 60.0
+    # Warnings (an event and a notification, once per process) at absolute levels, beside warn_at.
+    warn_memory: Size | None = None
+    warn_runtime: Duration | None = None
+    warn_episodes: Count | None = None
+    # Stop when the best value of checkpoints.best_metric (default: the reported "reward") has not improved
+    # by more than min_improvement for this many episodes.
+    max_episodes_without_improvement: Count | None = None
+    min_improvement: Improvement = 0.0
 
-    @field_validator("max_runtime", "max_memory", "max_disk")
+    @field_validator("max_runtime", "max_memory", "max_disk", "warn_memory", "warn_runtime")
     @classmethod
     def _positive(cls, value: float | None) -> float | None:
         if value is not None and value <= 0:
@@ -176,6 +193,28 @@ class Failsafes(_Section):
         return value
 
 
+NotifyKind = Literal["warning", "stop", "fence", "rogue"]
+NOTIFY_KINDS: tuple[NotifyKind, ...] = ("warning", "stop", "fence", "rogue")
+
+
+class Notifications(_Section):
+    """A webhook (JSON POST, Slack-compatible ``text``) for warnings, stops, fences and rogue findings. The
+    URL may also come from $TRAINGUARD_WEBHOOK_URL (a Slack webhook is a secret: keep it out of the file)."""
+
+    webhook: str | None = None
+    events: list[Literal["warning", "stop", "fence", "rogue"]] = Field(
+        default_factory=lambda: [*NOTIFY_KINDS]
+    )
+    timeout: Timing = 5.0
+
+    @field_validator("webhook")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
 class SigningSettings(_Section):
     """Signed manifests (``trainguard.checkpoints.signing``): ``key`` signs (writers), ``public_key``
     checks (readers; defaults to the key's own), ``required`` refuses unsigned checkpoints. Paths are
@@ -211,8 +250,11 @@ class TrainguardConfig(_Section):
     gates: Gates = Field(default_factory=Gates)
     failsafes: Failsafes = Field(default_factory=Failsafes)
     signing: SigningSettings = Field(default_factory=SigningSettings)
+    notifications: Notifications = Field(default_factory=Notifications)
     # Not from the file: where it came from, for resolving relative paths and for messages.
     source: Path | None = Field(default=None, exclude=True)
+    # How a project's own file was read (translated keys, keys not enforced, failsafes honoured).
+    translation: Translation = Field(default_factory=Translation, exclude=True)
 
     @field_validator("run")
     @classmethod
@@ -293,12 +335,14 @@ class TrainguardConfig(_Section):
 
 
 __all__ = [
+    "NOTIFY_KINDS",
     "BestMetric",
     "Checkpoints",
     "Failsafes",
     "Gates",
     "Limits",
     "Monitoring",
+    "Notifications",
     "SigningSettings",
     "TrainguardConfig",
     "Watchdog",

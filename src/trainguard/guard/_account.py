@@ -57,6 +57,8 @@ class BudgetAccount:
         )
         self.runtime = Runtime(limits.get("max_runtime"), run.runtime_spent, clock=clock)
         self.warnings = BudgetWarnings(float(limits.get("warn_at", 0.9)), emit=warn)
+        # warn_episodes: judged as each episode begins (the heartbeat's check_level, once the session starts)
+        self.level_reached: Callable[[str, float], None] = lambda _name, _reading: None
 
     # -- episodes and steps (the loop's thread) ---------------------------------------------------
 
@@ -72,6 +74,7 @@ class BudgetAccount:
         except LeaseLost as lost:  # the registry was unreachable for longer than the lease
             return Stop(StopReason.LEASE_LOST, lost.reason)
         self.warnings.check("episodes", self.episodes.spent + 1, limit)
+        self.level_reached("episodes", self.episodes.spent + 1)
         return None
 
     def end_episode(self) -> None:

@@ -253,8 +253,16 @@ class Guard(GuardState):
             self._step_gate = _NEVER
 
     def report(self, *, actions: Mapping[Any, int] | list[Any] | None = None, **metrics: Any) -> None:
-        """Record progress: metrics (kept for the next save) and the decisions taken (a histogram)."""
+        """Record progress: metrics (kept for the next save) and the decisions taken (a histogram). The
+        metric that ``max_episodes_without_improvement`` watches (checkpoints.best_metric, else "reward")
+        is judged here, once per call, against the current episode."""
         self._metrics.update(metrics)
+        session = self._session
+        plateau = session.plateau if session is not None else None
+        if plateau is not None and self._episode is not None and plateau.metric in metrics:
+            value = metrics[plateau.metric]
+            if isinstance(value, int | float) and (stalled := plateau.observe(self._episode, float(value))):
+                self._request(Stop(StopReason.NO_IMPROVEMENT, str(stalled)))
         if actions is not None:
             if isinstance(actions, Mapping):
                 for action, count in actions.items():

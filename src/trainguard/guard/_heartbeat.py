@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainguard._os.resources import tree_bytes, tree_rss
-from trainguard.budget import Budget, EffectiveLimits, over_ceiling, warn_log
+from trainguard._os.resources import tree_bytes, tree_cpu_seconds, tree_rss
+from trainguard.budget import Budget, CpuWindow, EffectiveLimits, LevelWarnings, over_ceiling, warn_log
 from trainguard.errors import RegistryError
 from trainguard.guard._account import BudgetAccount
 from trainguard.guard._runfiles import RunFiles
 from trainguard.guard._stop import BUDGET_REASONS, Stop, StopReason
+from trainguard.notify import Notifier
 from trainguard.registry import EventKind, Lease, Registry
 
 log = logging.getLogger("trainguard")
@@ -53,6 +54,8 @@ class Heartbeat:
         progress: Callable[[], LoopProgress],
         request_stop: Callable[[Stop], None],
         lease_lost: Callable[[str], None],
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
         self.run = account.run
@@ -67,6 +70,10 @@ class Heartbeat:
         self.disk = 0
         self.unreachable = False  # the last beat could not reach the registry
         self.pending_events: collections.deque[tuple[EventKind, dict[str, Any]]] = collections.deque()
+        self.notifier = notifier
+        self.clock = clock
+        self.cpu = CpuWindow.from_limits(account.limits)
+        self.levels = LevelWarnings.from_limits(account.limits)
 
     # -- every beat -------------------------------------------------------------------------------
 
@@ -81,6 +88,7 @@ class Heartbeat:
             progress = self.progress()
         if not progress.fenced and (lost := self.lease.keep_alive()) is not None:
             self.lease_lost(lost)
+        self.check_level("runtime", self.account.runtime.spent)
         try:
             self.account.charge_runtime()
             self.registry.record_heartbeat(self.run, self.lease.token, self.body(progress))
@@ -126,6 +134,9 @@ class Heartbeat:
         self.rss = tree_rss()
         if overrun := over_ceiling(Budget.MEMORY, self.rss, limits.memory):
             self.request_stop(Stop(StopReason.MEMORY, str(overrun)))
+        self.check_level("memory", self.rss)
+        if self.cpu is not None and (busy := self.cpu.observe(self.clock(), tree_cpu_seconds())):
+            self.request_stop(Stop(StopReason.CPU, str(busy)))
         if limits.disk:
             self.disk = tree_bytes(self.store_root)
             if overrun := over_ceiling(Budget.DISK, self.disk, limits.disk):
@@ -139,11 +150,32 @@ class Heartbeat:
         self.pending_events.append(
             (EventKind.BUDGET_WARNING, {"budget": name, "spent": spent, "limit": limit})
         )
+        if self.notifier is not None:
+            self.notifier.send(
+                "warning", self.run, f"{name} budget at {100 * spent / limit:.0f}% ({spent:g} of {limit:g})"
+            )
+
+    def check_level(self, name: str, reading: float) -> None:
+        """An absolute warning level (warn_memory, warn_runtime, warn_episodes) reached: once per process."""
+        if (reached := self.levels.check(name, reading)) is None:
+            return
+        log.warning("trainguard: run %r: %s %g reached its warning level %g", self.run, *reached)
+        self.pending_events.append(
+            (EventKind.BUDGET_WARNING, {"budget": name, "spent": reading, "level": reached[2]})
+        )
+        if self.notifier is not None:
+            self.notifier.send(
+                "warning", self.run, f"{name} {reading:g} reached its warning level {reached[2]:g}"
+            )
 
     def record_stop(self, stop: Stop) -> None:
-        # Called from signal handlers and other threads: queue only (see the module's docstring).
+        # Called from signal handlers and other threads: queue only (see the module's docstring); the
+        # notifier only queues too (its own thread posts).
         kind = EventKind.BUDGET_EXHAUSTED if stop.reason in BUDGET_REASONS else EventKind.GUARD_STOP_REQUESTED
         self.pending_events.append((kind, {"reason": stop.reason.value, "detail": stop.detail}))
+        if self.notifier is not None and stop.reason is not StopReason.SIGNAL:
+            kind_of = "fence" if stop.reason is StopReason.LEASE_LOST else "stop"
+            self.notifier.send(kind_of, self.run, f"stopping: {stop}", reason=stop.reason.value)
 
     def flush_events(self) -> None:
         while self.pending_events:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainguard._os import environment
+from trainguard.budget import Plateau
 from trainguard.checkpoints import CheckpointStore, Validation, retention, signing_of
 from trainguard.config import TrainguardConfig
 from trainguard.errors import ConfigError
@@ -27,6 +28,7 @@ from trainguard.guard._saver import Saver
 from trainguard.guard._signals import SignalRelay
 from trainguard.guard._stop import Stop, StopReason
 from trainguard.names import meta_directory
+from trainguard.notify import Notifier
 from trainguard.registry import EventKind, Lease, ProcessRole, Registry
 
 log = logging.getLogger("trainguard")
@@ -63,6 +65,8 @@ class Session:
         self.monitor: Monitor | None = None
         self.signals: SignalRelay | None = None
         self.process_id: int | None = None
+        self.notifier: Notifier | None = None
+        self.plateau: Plateau | None = None  # max_episodes_without_improvement, fed by Guard.report
 
     # -- opening ----------------------------------------------------------------------------------
 
@@ -131,6 +135,12 @@ class Session:
         """Charge the first runtime, write the run files, register this process, then start the monitor
         thread and the signal relay - the things that run on their own."""
         account, run = self.account, self.account.run
+        notes = config.notifications
+        self.notifier = Notifier.from_settings(notes.webhook, notes.events, notes.timeout, source="guard")
+        metric = config.checkpoints.best_metric
+        self.plateau = Plateau.from_limits(
+            account.limits, metric.name if metric else "reward", metric.mode if metric else "max"
+        )
         self.heartbeat = Heartbeat(
             self.registry,
             self.lease,
@@ -140,8 +150,10 @@ class Session:
             progress=hooks.progress,
             request_stop=hooks.request_stop,
             lease_lost=hooks.lease_lost,
+            notifier=self.notifier,
         )
         account.warnings.emit = self.heartbeat.warn
+        account.level_reached = self.heartbeat.check_level
         account.charge_runtime()
         if (spent := account.runtime_spent_already()) is not None:
             hooks.request_stop(spent)
@@ -212,6 +224,7 @@ class Session:
             lambda: None if (self.adopted or fenced) else self.lease.release(),
             lambda: self.registry.end_process(self.process_id) if self.process_id is not None else None,
             self.files.remove,
+            lambda: self.notifier.close() if self.notifier else None,
             self.store.close,
             self.registry.close,
             lambda: self.signals.restore() if self.signals else None,

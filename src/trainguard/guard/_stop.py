@@ -13,6 +13,8 @@ class StopReason(StrEnum):
     RUNTIME = "runtime"
     MEMORY = "memory"  # RSS of the process tree over max_memory
     DISK = "disk"  # bytes under the store over max_disk
+    CPU = "cpu"  # the process tree's CPU over max_cpu_percent, sustained over cpu_window
+    NO_IMPROVEMENT = "no_improvement"  # the metric stalled for max_episodes_without_improvement
     LEASE_LOST = "lease_lost"  # revoked, taken over, expired: this process no longer owns the run
     SIGNAL = "signal"  # SIGINT/SIGTERM asked for a graceful stop
     ERROR = "error"  # the loop raised
@@ -21,14 +23,34 @@ class StopReason(StrEnum):
 # Graceful stops let the current episode finish and take a final checkpoint; the others end the loop at
 # the next tick (memory and disk because continuing makes them worse, a lost lease because nothing this
 # process writes can be committed any more).
-GRACEFUL = frozenset({StopReason.EPISODES, StopReason.RUNTIME, StopReason.SIGNAL})
+GRACEFUL = frozenset(
+    {StopReason.EPISODES, StopReason.RUNTIME, StopReason.SIGNAL, StopReason.CPU, StopReason.NO_IMPROVEMENT}
+)
 # The cumulative budgets: a stop for one of these is recorded as "budget_exhausted".
 BUDGET_REASONS = frozenset({StopReason.EPISODES, StopReason.STEPS, StopReason.RUNTIME})
 # Stops a guard rule decided (not the user, not a crash): `trainguard run` exits with ExitCode.REFUSED.
-REFUSALS = frozenset({*BUDGET_REASONS, StopReason.MEMORY, StopReason.DISK, StopReason.LEASE_LOST})
+REFUSALS = frozenset(
+    {
+        *BUDGET_REASONS,
+        StopReason.MEMORY,
+        StopReason.DISK,
+        StopReason.CPU,
+        StopReason.NO_IMPROVEMENT,
+        StopReason.LEASE_LOST,
+    }
+)
 # A final checkpoint is worth writing only where the store can still accept it and it does not add to the
 # problem.
-FINAL_CHECKPOINT = frozenset({StopReason.EPISODES, StopReason.STEPS, StopReason.RUNTIME, StopReason.SIGNAL})
+FINAL_CHECKPOINT = frozenset(
+    {
+        StopReason.EPISODES,
+        StopReason.STEPS,
+        StopReason.RUNTIME,
+        StopReason.SIGNAL,
+        StopReason.CPU,
+        StopReason.NO_IMPROVEMENT,
+    }
+)
 
 
 @dataclass(frozen=True)

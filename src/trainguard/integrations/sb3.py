@@ -86,6 +86,8 @@ class GuardCallback(BaseCallback):
                 self.rewards.append(float(episode_info["r"]))
             self._report_actions()
             more = guard.complete_episode()
+            if episode_info is not None:
+                guard.report(reward=float(episode_info["r"]))  # max_episodes_without_improvement watches it
             if guard.should_checkpoint(guard.episode):
                 self.save()
             if not more:

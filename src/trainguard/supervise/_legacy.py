@@ -84,6 +84,7 @@ class FileAccounting:
 
     def __init__(self, registry: Registry, run: str, watch: FileWatch) -> None:
         self.registry, self.run, self.watch = registry, run, watch
+        self.used: int | None = None  # the run's spend in the counted budget, as last read
 
     def account_existing(self) -> str:
         """Before the child starts: a first start records the files already there as predating the run
@@ -117,6 +118,7 @@ class FileAccounting:
         limit = limits.get(budget.limit_key)
         record = self.registry.run(self.run)
         used = record.episodes_spent if budget is Budget.EPISODES else record.steps_spent
+        self.used = used
         if not isinstance(limit, int | float) or used < limit:
             return None
         reason = StopReason.EPISODES if budget is Budget.EPISODES else StopReason.STEPS

@@ -26,8 +26,7 @@ import yaml
 from trainguard._os import environment
 from trainguard._os.files import write_atomically
 from trainguard._os.identity import ProcessIdentity
-from trainguard._os.resources import tree_rss
-from trainguard.budget import Budget, Runtime, exhausted, over_ceiling
+from trainguard.budget import Runtime, exhausted
 from trainguard.checkpoints import CheckpointStore, signing_of
 from trainguard.config import TrainguardConfig
 from trainguard.errors import BudgetExhausted, InvalidArgument, RegistryError
@@ -35,6 +34,7 @@ from trainguard.guard import Stop, StopReason
 from trainguard.names import count_pattern, meta_directory
 from trainguard.registry import EventKind, Lease, ProcessRole, Registry
 from trainguard.supervise import _linux as linux
+from trainguard.supervise._child_rules import ChildRules
 from trainguard.supervise._containment import Containment
 from trainguard.supervise._legacy import FileAccounting, FileWatch, LegacyProgress
 from trainguard.supervise._outcome import LaunchResult, outcome
@@ -73,6 +73,7 @@ class Launcher:
             # Defaulting to the store would watch trainguard's own folder and count nothing, silently.
             raise InvalidArgument("watch_dir", None, "give the folder the trainer writes its checkpoints to")
         self.stop: Stop | None = None
+        self.rules = ChildRules(self.run, config)  # runtime, memory, CPU, warning levels; the webhook
         self.progress = LegacyProgress(beat_every=0.0)
         self._line = ProgressLine(self.run, enabled=options.progress)
         self._signals: list[int] = []
@@ -99,6 +100,7 @@ class Launcher:
                     # Recorded so the watchdog also names foreign writers of the trainer's own folder.
                     given["watch_dir"] = str(self.options.watch_dir.resolve())
                 self.settings = registry.apply_limits(self.run, given, lease=lease, source="trainguard run")
+                self.rules.limits(self.settings)
                 files = self._account_existing(registry)
                 if (spent := exhausted(registry.run(self.run))) is not None:
                     # Refused before the child runs: a restart must not buy the trainer more budget.
@@ -109,6 +111,7 @@ class Launcher:
                     lease.release()
         finally:
             registry.close()
+            self.rules.close()  # what the webhook was told is posted before the process exits
 
     def _account_existing(self, registry: Registry) -> FileAccounting | None:
         if self.pattern is None or self.options.watch_dir is None:
@@ -335,18 +338,15 @@ class Launcher:
             )
 
     def _check_budget(self, runtime: Runtime, child_pid: int) -> None:
-        if runtime.exhausted:
-            self._stop(
-                StopReason.RUNTIME, f"runtime {runtime.spent:.1f}s reached the budget of {runtime.limit:g}s"
-            )
-        memory = self.settings.get("max_memory")
-        if memory is not None and (overrun := over_ceiling(Budget.MEMORY, tree_rss(child_pid), memory)):
-            self._stop(StopReason.MEMORY, str(overrun))
+        files = self.progress.files
+        episodes = files.used if files is not None and files.watch.pattern.counts == "episodes" else None
+        if (stop := self.rules.judge(runtime, child_pid, episodes)) is not None:
+            self._stop(stop.reason, stop.detail)
 
     def _stop(self, reason: StopReason, detail: str) -> None:
         if self.stop is None:
             self.stop = Stop(reason, detail)
-            log.warning("trainguard run: stopping %r: %s", self.run, self.stop)
+            self.rules.stopping(self.stop)
 
     def _kill_leftovers(self, token: int, containment: Containment) -> LadderResult | None:
         """Every descendant still alive (re-parented to us as subreaper), in the run's cgroup, or still

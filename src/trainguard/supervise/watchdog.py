@@ -22,6 +22,7 @@ from typing import Any
 from trainguard._os.identity import ProcessIdentity
 from trainguard._os.resources import tree_bytes, tree_rss
 from trainguard.budget import Budget, EffectiveLimits, heartbeat_interval, over_ceiling, overruns
+from trainguard.notify import Notifier
 from trainguard.registry import EventKind, LeaseInfo, LeaseState, ProcessRole, Registry, RunRecord
 from trainguard.supervise import _descendants
 from trainguard.supervise._cgroup import RunCgroup, parse_name
@@ -88,12 +89,14 @@ class Watchdog:
         grace: float | None = None,
         scan_rogues: bool = True,
         watch_dirs: list[Path] | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.registry = registry
         self.interval = interval
         self.dry_run = dry_run
         self.grace = grace
         self.scan_rogues = scan_rogues
+        self.notifier = notifier  # rogue findings and stops, as they are recorded
         self.watch_dirs = list(watch_dirs or [])  # folders outside any store to name writers in
         self._writes: WriteMonitor | None = None  # started at the first sweep; sees writes between sweeps
         require_linux("trainguard watchdog")  # /proc is what it judges by
@@ -330,6 +333,11 @@ class Watchdog:
             "dry_run": self.dry_run,
             "targets": [t.__dict__ for t in finding.targets],
         }
+        if self.notifier is not None and not self.dry_run:
+            kind = "rogue" if finding.reason is Violation.ROGUE else "stop"
+            self.notifier.send(
+                kind, finding.run, f"watchdog: {finding.reason}: {finding.detail}", act=finding.act
+            )
         if not finding.act:
             self.registry.add_event(
                 finding.run,
