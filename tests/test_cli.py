@@ -158,3 +158,13 @@ def test_usage_errors_are_one_line(tmp_path: Path) -> None:
 def test_python_dash_m_and_version() -> None:
     result = run_cli("--version")
     assert result.returncode == 0 and result.stdout.startswith("trainguard ")
+
+
+def test_promote_without_decisions_or_an_evaluator_says_how_to_measure_them(
+    populated: tuple[Path, str, list[str]],
+) -> None:
+    root, run, _ = populated  # saved without a decision histogram, like an adopted or legacy checkpoint
+    result = run_cli("promote", run, "--store", str(root))
+    assert result.returncode == 1, result.stderr
+    assert "only 0 decisions recorded" in result.stdout
+    assert "set gates.evaluator" in result.stdout and "'module:function'" in result.stdout

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from guard_support import write_config
-from support import helper_command, run_cli, spawned
+from support import helper_command, run_cli, spawned, wait_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
 
@@ -111,3 +111,59 @@ def test_alert_rules_use_metrics_the_watchdog_serves() -> None:
     }
     # Counters are exposed with a _total suffix.
     assert {u.removesuffix("_total") for u in used} <= served
+
+
+def _cli_in(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI run in ``folder`` with no location flags: it finds ./guard.yaml itself."""
+    return subprocess.run(
+        [sys.executable, "-m", "trainguard", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_in_a_folder_with_guard_yaml_ps_status_scan_and_stop_need_no_flags(tmp_path: Path) -> None:
+    write_config(
+        tmp_path,
+        "launched",
+        monitoring={"heartbeat_interval": "0.1s", "lease_ttl": "2s"},
+        limits={"max_episodes": 100000},
+    )
+    worker = helper_command("guard_worker.py", "guard.yaml", "--episode-seconds", "0.05")
+    command = [sys.executable, "-m", "trainguard", "run", "-c", "guard.yaml", "--grace", "10s", "--", *worker]
+    with spawned(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as launcher:
+
+        def guard_registered() -> list[dict[str, object]]:
+            ps = _cli_in(tmp_path, "ps", "--json")
+            if "no such registry file" in ps.stderr:
+                return []  # the launcher has not created it yet
+            assert ps.returncode == 0, ps.stderr
+            rows: list[dict[str, object]] = json.loads(ps.stdout)["processes"]
+            return rows if any(r["role"] == "guard" for r in rows) else []
+
+        rows = wait_until(guard_registered, timeout=60, interval=0.2, what="the Guard inside to register")
+        by_role = {r["role"]: r for r in rows}
+        # The command column says what each process is.
+        assert "trainguard run" in str(by_role["launcher"]["cmdline"])
+        assert "guard_worker.py" in str(by_role["guard"]["cmdline"])
+        assert by_role["guard"]["pid"] == by_role["child"]["pid"]  # one process, two rows
+
+        status = _cli_in(tmp_path, "status")
+        assert status.returncode == 0 and "launched" in status.stdout, status.stderr
+        scan = _cli_in(tmp_path, "incident", "scan", "--json")  # no argument: every store of the registry
+        assert scan.returncode in (0, 1), scan.stderr
+        assert [s["run"] for s in json.loads(scan.stdout)["stores"]] == ["launched"]
+
+        stop = _cli_in(tmp_path, "stop", "launched", "--reason", "operator: test")
+        assert stop.returncode == 0, stop.stderr
+        signalled = re.findall(r"(\d+) SIGTERM", stop.stdout)
+        # The launcher alone: it forwards the stop to its child once (a Guard signalled twice would take
+        # the second as "stop at once").
+        assert signalled == [str(by_role["launcher"]["pid"])], stop.stdout
+        _, stderr = launcher.communicate(timeout=60)
+    assert launcher.returncode == 3, stderr
+    assert "second signal" not in stderr
+    assert "stopped (lease_lost) by" in stderr and "(exit 3)" in stderr

@@ -80,6 +80,18 @@ def cmd_promote(args: argparse.Namespace) -> int:
         verdict_table(assessments)
         if chosen is None:
             out().print(f"no candidate passes every gate; the live pointer is unchanged ({before or 'none'})")
+            evaluator = location.config.gates.evaluator if location.config else None
+            short = [
+                v for a in assessments for v in a.verdicts if v.gate == "decisions" and "only" in v.reason
+            ]
+            if short and evaluator is None:
+                # A trainer that never reported its actions (an adopted file, a legacy script): the gate
+                # needs an evaluator to measure the decisions on held-out data.
+                out().print(
+                    "hint: no decisions were recorded for these checkpoints; set gates.evaluator "
+                    "('module:function' returning an action histogram) in the config and give it with -c",
+                    markup=False,
+                )
         else:
             out().print(f"live: {before or 'none'} -> {chosen.record.name}")
     return ExitCode.OK if chosen is not None else ExitCode.PROBLEM

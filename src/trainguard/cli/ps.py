@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import psutil
+
 from trainguard._os.identity import host_key, is_same_process_alive, wall_start
 from trainguard.cli._common import (
     ArgumentParser,
@@ -28,6 +30,13 @@ def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
     ps.set_defaults(handler=cmd_ps)
 
 
+def _command_line(pid: int) -> str | None:
+    try:
+        return " ".join(psutil.Process(pid).cmdline()) or None
+    except psutil.Error:
+        return None  # exited since, or another user's process we may not read
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     with Registry.open(registry_url(args), mode="read") as registry:
@@ -44,7 +53,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
                     "host": p.host,
                     "alive": alive,
                     "registered_at": p.registered_at,
-                    "cmdline": None,
+                    "cmdline": _command_line(p.pid) if alive else None,
                 }
             )
     registered = {(r["pid"], r["start_ticks"]) for r in rows}

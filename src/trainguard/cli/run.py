@@ -178,7 +178,8 @@ def _summary(config: TrainguardConfig, result: LaunchResult) -> None:
         console.print(line, highlight=False)
     if result.episodes_seen is not None:
         console.print(f"  newest watched checkpoint file: count {result.episodes_seen}")
-    counts = ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))) or "none"
+    # Every checkpoint the run ever committed, and where each is now (retention evicts, incidents quarantine).
+    counts = ", ".join(f"{states.count(s)} {_NOW.get(s, s)}" for s in sorted(set(states))) or "none"
     last = committed[-1].name if committed else "-"
     console.print(
         f"  checkpoints committed {len(states)} ({counts}), last kept {last}, live {live or '-'}",
@@ -192,6 +193,7 @@ def _summary(config: TrainguardConfig, result: LaunchResult) -> None:
         )
 
 
+_NOW = {"committed": "kept", "evicted": "evicted by retention", "quarantined": "quarantined"}
 _WHO = {
     "launcher": "trainguard run",
     "guard": "the Guard in the child",

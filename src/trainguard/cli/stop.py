@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trainguard._os.identity import host_key
+from trainguard._os.identity import host_key, is_same_process_alive
 from trainguard.cli._common import (
     ArgumentParser,
     add_location_args,
@@ -17,8 +17,8 @@ from trainguard.cli._common import (
 )
 from trainguard.errors import ExitCode
 from trainguard.names import validate_name
-from trainguard.registry import EventKind, Registry
-from trainguard.supervise import Membership, Target, run_ladder
+from trainguard.registry import EventKind, ProcessRole, Registry
+from trainguard.supervise import LadderResult, Membership, Target, run_ladder
 
 
 def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
@@ -50,7 +50,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         )
         # Rows say which processes; the kernel says whether they are the run's (uid, marker, cgroup, files).
         membership = Membership(run, Path(record.store) if record.store else None, registry.registry_id)
-        result = run_ladder(targets, grace=grace, allow=membership.refusal) if targets else None
+        result = _stop_in_order(targets, grace, membership) if targets else None
         registry.add_event(
             run,
             EventKind.STOPPED_BY_OPERATOR,
@@ -70,6 +70,31 @@ def cmd_stop(args: argparse.Namespace) -> int:
         for pid, why in result.skipped:
             console.print(f"  not signalled: pid {pid}: {why}")
     return ExitCode.PROBLEM if result is not None and result.survivors else ExitCode.OK
+
+
+def _stop_in_order(targets: list[Target], grace: float, membership: Membership) -> LadderResult:
+    """Each process once (a Guard is registered as the launcher's child and as a guard: one pid, two
+    rows). With a launcher alive, it alone is signalled first: it forwards the stop to its child's group,
+    and a trainer signalled twice takes the second signal as "stop at once" and skips its final save. What
+    is still alive after the launcher's ladder gets its own."""
+    unique = list({(t.pid, t.start_ticks): t for t in targets}.values())
+    launchers = [t for t in unique if t.role == ProcessRole.LAUNCHER.value]
+    # The launcher alone (not its tree): its own ladder stops the child with the run's stop signal and grace.
+    first = run_ladder(launchers or unique, grace=grace, allow=membership.refusal, descendants=not launchers)
+    rest = [
+        t for t in unique if launchers and t not in launchers and is_same_process_alive(t.pid, t.start_ticks)
+    ]
+    if not rest:
+        return first
+    second = run_ladder(rest, grace=grace, allow=membership.refusal)
+    return LadderResult(
+        signals=first.signals + second.signals,
+        skipped=first.skipped + second.skipped,
+        exited_after_term=first.exited_after_term + second.exited_after_term,
+        killed=first.killed + second.killed,
+        survivors=first.survivors + second.survivors,
+        first_signal_at=first.first_signal_at,
+    )
 
 
 __all__ = ["register"]
