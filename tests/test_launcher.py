@@ -225,3 +225,39 @@ def test_an_escapee_without_the_marker_is_found_after_the_launcher_is_killed(
         finally:
             if escapee is not None and is_same_process_alive(*escapee):  # the test failed: never leave it
                 os.kill(escapee[0], signal.SIGKILL)
+
+
+def test_a_second_launcher_is_refused_in_one_line_and_takeover_really_takes_over(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    base = ["--run", "twice", "--store", store, "--grace", "5s"]
+    with spawned(
+        _run(*base, "--", sys.executable, "-c", "import time; time.sleep(60)"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as first:
+        url = _url(tmp_path)
+
+        def held() -> bool:
+            try:
+                with Registry.open(url, mode="read") as registry:
+                    return bool(registry.processes("twice"))
+            except Exception:
+                return False
+
+        wait_until(held, timeout=30, what="the first launcher to hold the run")
+        refused = subprocess.run(
+            _run(*base, "--", sys.executable, "-c", "print('second ran')"),
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert refused.returncode == 3 and "second ran" not in refused.stdout
+        line = refused.stderr.strip()
+        assert len(line.splitlines()) == 1 and "Traceback" not in line
+        assert "is held by pid" in line and "run --takeover" in line
+        taken = subprocess.run(
+            _run(*base, "--takeover", "--", sys.executable, "-c", "print('second ran')"),
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert taken.returncode == 0 and "second ran" in taken.stdout, taken.stderr
+        _, stderr = first.communicate(timeout=60)
+    assert first.returncode == 3, stderr  # the replaced launcher stopped its child: its lease was lost
+    assert "lease_lost" in stderr
