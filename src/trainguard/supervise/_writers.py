@@ -8,24 +8,33 @@ A trainer that opens a checkpoint, writes it and closes it within milliseconds i
   of the file (its path). Nothing is missed while the monitor runs, however short the write.
 - **inotify** (anyone, as a fallback): ``IN_CLOSE_WRITE``/``IN_MOVED_TO`` name the file but not the writer;
   the candidates are the processes whose working directory or open files are under the directory at the
-  moment the events are read - a writer that has already moved on is not named. ``how`` says which.
+  moment the event is read - a writer that has already moved on is not named. ``how`` says which.
 
-A reader thread takes each event as it arrives and looks at the writer at once - while it still runs, so
-a trainer that writes its last checkpoint and exits is still identified (its marker, cgroup, parents);
-``drain()`` hands over what was seen since the last call.
+The events are read by a helper process (``python -m trainguard.supervise._writers DIR...``), never by the
+process that asked: each fanotify event hands over a descriptor of the written file, and closing *any*
+descriptor of a file drops every POSIX lock the process holds on it - SQLite's locks on the registry
+(which lives under the store) included, and a watchdog that writes the registry would corrupt it. The
+helper looks at each writer as its event arrives, while it still runs (so a trainer's last save before it
+exits is still identified by its marker, cgroup, parents), and sends one JSON line per write; a reader
+thread collects them and ``drain()`` hands over what was seen since the last call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
+import json
 import os
 import select
+import signal
 import struct
+import subprocess
+import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import psutil
@@ -76,25 +85,19 @@ def _under(path: str, directories: list[str]) -> bool:
     return any(path == d or path.startswith(d.rstrip("/") + "/") for d in directories)
 
 
-class WriteMonitor:
-    """Writes under ``directories`` (and below them), by writer; ``how`` says which kernel facility sees
-    them and so what can be named."""
+class _EventSource:
+    """The kernel side, in the helper process: fanotify, else inotify; ``read()`` returns the writes
+    queued since the last call."""
 
-    def __init__(self, directories: list[Path]) -> None:
-        self.directories = sorted({str(Path(d).resolve()) for d in directories})
+    def __init__(self, directories: list[str], *, fanotify: bool = True) -> None:
+        self.directories = directories
         self.fd = -1
         self.how = "none"
         self.limitation = ""
         self._watches: dict[int, str] = {}
-        self._skip = os.getpid()  # the monitor's own reads of event descriptors are not writes
-        self._seen: list[Write] = []
-        self._lock = threading.Lock()
-        self._closing = threading.Event()
-        self._reader: threading.Thread | None = None
-        if not self.directories:
-            return
+        self._skip = os.getpid()  # the helper's own reads of event descriptors are not writes
         try:
-            self._start_fanotify()
+            self._start_fanotify(fanotify)
         except OSError as error:
             self.limitation = (
                 f"fanotify unavailable ({os.strerror(error.errno or 0)}; it needs CAP_SYS_ADMIN): inotify "
@@ -102,11 +105,13 @@ class WriteMonitor:
                 "under the directory when the events are read can be named"
             )
             self._start_inotify()
-        if self.fd >= 0:
-            self._reader = threading.Thread(target=self._read_events, name="trainguard-writes", daemon=True)
-            self._reader.start()
 
-    def _start_fanotify(self) -> None:
+    def read(self) -> list[Write]:
+        return self._drain_fanotify() if self.how == "fanotify" else self._drain_inotify()
+
+    def _start_fanotify(self, wanted: bool) -> None:
+        if not wanted:
+            raise OSError(errno.EPERM, "fanotify not requested")
         libc = _libc()
         fd = libc.fanotify_init(_FAN_CLASS_NOTIF | _FAN_CLOEXEC | _FAN_NONBLOCK, os.O_RDONLY | os.O_LARGEFILE)
         if fd < 0:
@@ -140,38 +145,6 @@ class WriteMonitor:
         wd = libc.inotify_add_watch(self.fd, directory.encode(), mask)
         if wd >= 0:
             self._watches[wd] = directory
-
-    def close(self) -> None:
-        self._closing.set()
-        if self._reader is not None:
-            self._reader.join(timeout=5)
-            self._reader = None
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self) -> WriteMonitor:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    def drain(self) -> list[Write]:
-        """Every write seen since the last call."""
-        with self._lock:
-            writes, self._seen = self._seen, []
-        return writes
-
-    def _read_events(self) -> None:
-        # Woken by the kernel as soon as an event is queued (or every 0.2 s to notice close()).
-        while not self._closing.is_set():
-            ready, _, _ = select.select([self.fd], [], [], 0.2)
-            if not ready:
-                continue
-            writes = self._drain_fanotify() if self.how == "fanotify" else self._drain_inotify()
-            if writes:
-                with self._lock:
-                    self._seen += writes
 
     def _read(self) -> bytes:
         chunks = []
@@ -255,6 +228,120 @@ def _candidates(directory: str) -> list[Evidence]:
             except psutil.Error:
                 continue
     return found
+
+
+def _evidence_from(body: dict[str, object] | None) -> Evidence | None:
+    if body is None:
+        return None
+    names = {f.name for f in fields(Evidence)}
+    return Evidence(**{k: v for k, v in body.items() if k in names})  # type: ignore[arg-type]
+
+
+def _write_from(body: dict[str, object]) -> Write:
+    candidates = body.get("candidates") or []
+    assert isinstance(candidates, list)
+    return Write(
+        path=str(body["path"]),
+        at=float(body["at"]),  # type: ignore[arg-type]
+        how=str(body["how"]),
+        pid=body.get("pid"),  # type: ignore[arg-type]
+        writer=_evidence_from(body.get("writer")),  # type: ignore[arg-type]
+        candidates=[e for e in (_evidence_from(c) for c in candidates) if e is not None],
+    )
+
+
+class WriteMonitor:
+    """Writes under ``directories`` (and below them), by writer, read by a helper process; ``how`` says
+    which kernel facility sees them and so what can be named (``limitation``: what it cannot)."""
+
+    def __init__(self, directories: list[Path], *, fanotify: bool = True) -> None:
+        self.directories = sorted({str(Path(d).resolve()) for d in directories})
+        self.how = "none"
+        self.limitation = ""
+        self._seen: list[Write] = []
+        self._lock = threading.Lock()
+        self._helper: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+        if not self.directories:
+            return
+        flags = [] if fanotify else ["--no-fanotify"]
+        self._helper = subprocess.Popen(
+            [sys.executable, "-m", "trainguard.supervise._writers", *flags, "--", *self.directories],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._helper.stdout is not None
+        ready = json.loads(self._helper.stdout.readline() or "{}")  # the marks are in place once it answers
+        self.how, self.limitation = ready.get("how", "none"), ready.get("limitation", "helper did not start")
+        self._reader = threading.Thread(target=self._collect, name="trainguard-writes", daemon=True)
+        self._reader.start()
+
+    def _collect(self) -> None:
+        helper = self._helper
+        assert helper is not None and helper.stdout is not None
+        for line in helper.stdout:
+            write = _write_from(json.loads(line))
+            with self._lock:
+                self._seen.append(write)
+
+    def drain(self) -> list[Write]:
+        """Every write seen since the last call."""
+        with self._lock:
+            writes, self._seen = self._seen, []
+        return writes
+
+    def close(self) -> None:
+        helper, self._helper = self._helper, None
+        if helper is not None:
+            helper.terminate()
+            try:
+                helper.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                helper.kill()
+                helper.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+            self._reader = None
+        if helper is not None and helper.stdout is not None:
+            helper.stdout.close()
+
+    @property
+    def running(self) -> bool:
+        return self._helper is not None and self._helper.poll() is None
+
+    def __enter__(self) -> WriteMonitor:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def _serve(directories: list[str], *, fanotify: bool) -> None:
+    """The helper: announce how it watches, then one JSON line per write until stdout closes or TERM."""
+    libc = _libc()
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: never outlive the watchdog that asked
+    source = _EventSource(directories, fanotify=fanotify)
+    print(json.dumps({"how": source.how, "limitation": source.limitation}), flush=True)
+    if source.fd < 0:
+        return
+    while True:
+        ready, _, _ = select.select([source.fd], [], [], 1.0)
+        if ready:
+            for write in source.read():
+                print(json.dumps(write.as_dict()), flush=True)
+
+
+def main(argv: list[str]) -> int:
+    fanotify = "--no-fanotify" not in argv
+    directories = argv[argv.index("--") + 1 :] if "--" in argv else []
+    with contextlib.suppress(BrokenPipeError, KeyboardInterrupt):
+        _serve(directories, fanotify=fanotify)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
 
 
 __all__ = ["Write", "WriteMonitor"]
