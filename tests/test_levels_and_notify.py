@@ -20,8 +20,9 @@ import pytest
 import yaml
 
 from support import helper_command, run_cli, spawned, wait_until
-from trainguard import Guard, Registry
-from trainguard.budget import CpuWindow, LevelWarnings, Plateau
+from trainguard import CheckpointStore, Guard, Registry
+from trainguard.budget import CpuWindow, LevelWarnings, Plateau, merge_limits
+from trainguard.errors import LimitRaised
 from trainguard.guard import StopReason
 from trainguard.notify import Notifier
 from trainguard.registry import EventKind
@@ -260,8 +261,6 @@ def test_the_watchdog_tells_the_webhook_of_a_rogue_writer(
     url, received = webhook
     store = tmp_path / "store"
     registry_url = f"sqlite:///{store / '.trainguard' / 'registry.db'}"
-    from trainguard import CheckpointStore
-
     CheckpointStore(store, run="swt").close()
     subprocess.run(helper_command("acquire_and_exit.py", registry_url, "swt"), check=True, timeout=60)
     script = tmp_path / "rogue.py"
@@ -276,3 +275,16 @@ def test_the_watchdog_tells_the_webhook_of_a_rogue_writer(
             watchdog.notifier.close()
     assert received and received[0]["trainguard"]["kind"] == "rogue"
     assert f"pid {rogue.pid}" in received[0]["text"] and "without the run's lease" in received[0]["text"]
+
+
+@pytest.mark.parametrize(
+    ("key", "recorded", "given"),
+    [("max_cpu_percent", 80.0, 150.0), ("max_episodes_without_improvement", 1500, 5000)],
+)
+def test_a_restart_cannot_loosen_the_cpu_ceiling_or_the_patience(
+    key: str, recorded: float, given: float
+) -> None:
+    assert merge_limits("r", {key: recorded}, {key: recorded / 2})[key] == recorded / 2  # tightening is fine
+    assert merge_limits("r", {key: recorded}, {})[key] == recorded  # leaving it out keeps it
+    with pytest.raises(LimitRaised, match=key):
+        merge_limits("r", {key: recorded}, {key: given})

@@ -30,7 +30,9 @@ class Budget(StrEnum):
         return self in (Budget.EPISODES, Budget.STEPS, Budget.RUNTIME)
 
 
-LIMIT_KEYS = tuple(budget.limit_key for budget in Budget)
+# The budgets, and the rules that are limits without being a budget (a CPU ceiling, the patience of the
+# no-improvement stop): a restart may tighten them, never loosen or drop them.
+LIMIT_KEYS = (*(budget.limit_key for budget in Budget), "max_cpu_percent", "max_episodes_without_improvement")
 # What an extension can raise, by budget name: only what is spent cumulatively (a memory cap is not a budget
 # that runs out, it is a ceiling).
 EXTENDABLE = {budget.value: budget.limit_key for budget in Budget if budget.cumulative}
