@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from trainguard._os.hashing import hash_file, read_and_hash
-from trainguard.checkpoints.codecs import read_state
+from trainguard._os.mapping import ChangedWhileVerified, VerifiedMap, map_and_hash
+from trainguard.checkpoints.codecs import FileRecord, read_state
 from trainguard.checkpoints.manifest import MANIFEST_FILE, Manifest
 from trainguard.checkpoints.signing import SIGNATURE_FILE, Signing, check_signature
 from trainguard.errors import CorruptCheckpoint
@@ -107,23 +108,69 @@ def verify_dir(expected: Expected, directory: Path) -> VerifyReport:
     return VerifyReport(name, tuple(problems))
 
 
-def load_dir(expected: Expected, directory: Path) -> tuple[Any, Manifest]:
-    """Read every file once, hashing as it is read; decode only when every hash matched."""
+def load_dir(
+    expected: Expected, directory: Path, *, mapped: bool = True
+) -> tuple[Any, Manifest, list[VerifiedMap]]:
+    """Hash every file before anything is decoded; decode only when every hash matched.
+
+    ``mapped``: each file is mapped and hashed in place (``_os.mapping``), the state is built on the maps
+    and the maps are returned for the check at use; otherwise each file is read into private memory while
+    it is hashed (slower; immune to anything done to the file afterwards)."""
     name = expected.name
     manifest = read_manifest(expected, directory)
     contents: dict[str, np.ndarray] = {}
-    for record in manifest.files:
-        path = directory / record.path
-        try:
+    maps: list[VerifiedMap] = []
+    try:
+        for record in manifest.files:
+            contents[record.path] = _verified(name, directory / record.path, record, maps if mapped else None)
+        return read_state(name, contents), manifest, maps
+    except BaseException:
+        for verified in maps:
+            verified.close()
+        raise
+
+
+def _verified(name: str, path: Path, record: FileRecord, maps: list[VerifiedMap] | None) -> np.ndarray:
+    """One file's bytes, hashed before anyone sees them (mapped, and the map added to ``maps``, unless
+    ``maps`` is None)."""
+    try:
+        if maps is not None:
+            verified = map_and_hash(path)
+            maps.append(verified)
+            data, digest = verified.data, verified.digest
+        else:
             data, digest = read_and_hash(path)
-        except OSError as error:
-            raise CorruptCheckpoint(name, str(path), f"unreadable: {error}") from error
-        if len(data) != record.bytes or digest != record.hash:
+    except ChangedWhileVerified as error:
+        raise CorruptCheckpoint(name, str(path), f"changed while it was verified: {error}") from error
+    except OSError as error:
+        raise CorruptCheckpoint(name, str(path), f"unreadable: {error}") from error
+    if len(data) != record.bytes or digest != record.hash:
+        raise CorruptCheckpoint(name, str(path), f"hash {digest} does not match the manifest's {record.hash}")
+    return data
+
+
+def check_maps(name: str, manifest: Manifest, maps: list[VerifiedMap]) -> None:
+    """At use: a mapped file whose identity moved since it was verified is hashed again through its map;
+    content that no longer matches the manifest is refused (CorruptCheckpoint), never served."""
+    hashes = {str(Path(m.path).name): m for m in maps}
+    for record in manifest.files:
+        verified = hashes.get(Path(record.path).name)
+        if verified is None or not verified.changed():
+            continue
+        try:
+            digest, identity = verified.rehash()
+        except (OSError, ChangedWhileVerified) as error:
             raise CorruptCheckpoint(
-                name, str(path), f"hash {digest} does not match the manifest's {record.hash}"
+                name, verified.path, f"changed on disk after it was verified: {error}"
+            ) from error
+        if digest != record.hash:
+            raise CorruptCheckpoint(
+                name,
+                verified.path,
+                f"changed on disk after it was verified: hash {digest} does not match the manifest's "
+                f"{record.hash}; refusing to serve it",
             )
-        contents[record.path] = data
-    return read_state(name, contents), manifest
+        verified.identity = identity  # the same content under new metadata (a touch): verified again
 
 
-__all__ = ["Expected", "Problem", "VerifyReport", "load_dir", "read_manifest", "verify_dir"]
+__all__ = ["Expected", "Problem", "VerifyReport", "check_maps", "load_dir", "read_manifest", "verify_dir"]

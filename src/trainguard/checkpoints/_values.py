@@ -2,20 +2,55 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from trainguard._os.mapping import VerifiedMap
+from trainguard.checkpoints._reading import check_maps
 from trainguard.checkpoints.manifest import Manifest
 from trainguard.registry import CheckpointRecord
 
 
-@dataclass(frozen=True)
 class LoadedCheckpoint:
-    """A verified checkpoint: ``state`` decoded only after every hash matched."""
+    """A verified checkpoint: ``state`` decoded only after every hash matched.
 
-    state: Any
-    record: CheckpointRecord
-    manifest: Manifest
+    The state is built on private maps of the verified files (``trainguard._os.mapping``): each access to
+    ``state`` checks that no file changed on disk since (one ``fstat`` each) and re-verifies one that did -
+    refusing it (CorruptCheckpoint) when its content no longer matches. ``check()`` does the same on demand.
+    """
+
+    def __init__(
+        self,
+        state: Any,
+        record: CheckpointRecord,
+        manifest: Manifest,
+        maps: Sequence[VerifiedMap] = (),
+    ) -> None:
+        self._state = state
+        self.record = record
+        self.manifest = manifest
+        self._maps = list(maps)
+        self._lock = threading.Lock()
+        if self._maps:
+            weakref.finalize(self, _close_all, self._maps)  # the descriptors live as long as the state
+
+    @property
+    def state(self) -> Any:
+        self.check()
+        return self._state
+
+    def check(self) -> None:
+        """Raise CorruptCheckpoint if a file changed on disk after verification and no longer matches."""
+        if self._maps:
+            with self._lock:
+                check_maps(self.record.name, self.manifest, self._maps)
+
+    @property
+    def mapped(self) -> bool:
+        return bool(self._maps)
 
     @property
     def name(self) -> str:
@@ -24,6 +59,14 @@ class LoadedCheckpoint:
     @property
     def episode(self) -> int:
         return self.record.episode
+
+    def __repr__(self) -> str:
+        return f"LoadedCheckpoint({self.record.name!r}, episode={self.record.episode}, mapped={self.mapped})"
+
+
+def _close_all(maps: list[VerifiedMap]) -> None:
+    for verified in maps:
+        verified.close()
 
 
 @dataclass(frozen=True)

@@ -285,13 +285,17 @@ class CheckpointStore:
         state = f"{record.state.value} ({record.state_reason or 'no reason'})"
         return StateConflict(f"checkpoint {record.name!r} of run {self.run!r}", state, rule)
 
-    def load(self, name: str = LATEST) -> LoadedCheckpoint:
-        """Verify every hash, then decode. Only committed checkpoints load; quarantined ones are refused."""
+    def load(self, name: str = LATEST, *, mapped: bool = True) -> LoadedCheckpoint:
+        """Verify every hash, then decode. Only committed checkpoints load; quarantined ones are refused.
+
+        ``mapped`` (default): the files are mapped and hashed in place and the state is built on the maps
+        (no copy); ``state`` re-checks the files at every access. ``mapped=False``: a private copy, immune
+        to anything done to the files afterwards, at the cost of reading every byte into new memory."""
         record = self.record(name)
         if record.state is not CheckpointState.COMMITTED:
             raise self._conflict(record, "only committed checkpoints load")
-        state, manifest = load_dir(self._expected(record), self._directory(record))
-        return LoadedCheckpoint(state, record, manifest)
+        state, manifest, maps = load_dir(self._expected(record), self._directory(record), mapped=mapped)
+        return LoadedCheckpoint(state, record, manifest, maps)
 
     def manifest(self, name: str = LATEST) -> Manifest:
         """A checkpoint's manifest (its hash checked against the registry), without reading its data."""

@@ -290,13 +290,19 @@ class Guard(GuardState):
         return episode > counter.spent and not counter.allows(2)
 
     def save(
-        self, state: object, *, metrics: Mapping[str, Any] | None = None, episode: int | None = None
+        self,
+        state: object,
+        *,
+        metrics: Mapping[str, Any] | None = None,
+        episode: int | None = None,
+        background: bool | None = None,
     ) -> SaveResult:
         """Commit ``state`` through the fenced store with this guard's token and feature fingerprint.
 
-        Returns a :class:`SaveResult` in either mode: with ``checkpoints.async`` the commit goes on in the
-        background and ``result()`` (or :meth:`wait_for_saves`) waits for it. Raises ``LeaseLost`` once the
-        lease is gone, and the error of an earlier background save that nobody has seen yet.
+        Returns a :class:`SaveResult` in either mode: in the background (``background=True``, or by default
+        ``checkpoints.async``) the tensors are copied, the commit goes on on another thread, and
+        ``result()`` (or :meth:`wait_for_saves`) waits for it. Raises ``LeaseLost`` once the lease is gone,
+        and the error of an earlier background save that nobody has seen yet.
         """
         session = self._require_session()
         if self._fenced:
@@ -308,7 +314,9 @@ class Guard(GuardState):
         if self._actions:
             merged["actions"] = dict(self._actions)
         assert session.saver is not None  # started with the session
-        result = session.saver.save(state, episode, merged, progressed=self._progressed)
+        result = session.saver.save(
+            state, episode, merged, progressed=self._progressed, background=background
+        )
         self._actions.clear()
         return result
 

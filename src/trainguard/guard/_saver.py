@@ -88,9 +88,20 @@ class Saver:
         return self.saving or bool(self.background and self.background.in_flight)
 
     def save(
-        self, state: object, episode: int, metrics: dict[str, Any], *, progressed: Callable[[], None]
+        self,
+        state: object,
+        episode: int,
+        metrics: dict[str, Any],
+        *,
+        progressed: Callable[[], None],
+        background: bool | None = None,
     ) -> SaveResult:
-        """Commit (or start committing) ``state``; ``progressed`` is called once the loop may go on."""
+        """Commit (or start committing) ``state``; ``progressed`` is called once the loop may go on.
+        ``background``: this save in the background (or not); None: as ``checkpoints.async`` says."""
+        if background and self.background is None:
+            self.background = AsyncSaver(self.store, on_error=self._background_error, on_done=self._committed)
+        elif background is False and self.background is not None:
+            self.background.wait()  # never two commits at once: the one in flight first
         kwargs: dict[str, Any] = {
             "episode": episode,
             "lease": self.lease,
@@ -100,7 +111,7 @@ class Saver:
         name = default_name(episode, self.lease.token)
         try:
             self.saving = True
-            if self.background is not None:
+            if self.background is not None and background is not False:
                 # Waits for (and raises the error of) the previous save first.
                 future = self.background.submit(state, **kwargs)
                 result = SaveResult(name, episode, future, self.background.acknowledge)

@@ -58,29 +58,51 @@ def resume(model: BaseAlgorithm, guard: Guard) -> LoadedCheckpoint | None:
 class GuardCallback(BaseCallback):
     """Counts finished episodes across vectorised envs, ends ``learn()`` when the Guard says stop, saves on
     the Guard's cadence, and reports the actions taken (named by ``action_names``) as the decision
-    histogram."""
+    histogram.
 
-    def __init__(self, guard: Guard, *, action_names: Sequence[str] | None = None, verbose: int = 0) -> None:
+    Its cost to a training step is what trainguard costs a trainer, so a step does only ``tick()`` and keeps
+    a reference to the step's actions; they are counted in bulk when an episode ends. Saves run in the
+    background (``background_saves``, one in flight: the next save waits for the previous one): the step
+    that saves is blocked only while the tensors are copied."""
+
+    _FOLD_EVERY = 4096  # steps of actions kept before they are counted anyway (very long episodes)
+
+    def __init__(
+        self,
+        guard: Guard,
+        *,
+        action_names: Sequence[str] | None = None,
+        background_saves: bool = True,
+        verbose: int = 0,
+    ) -> None:
         super().__init__(verbose)
         self.guard = guard
         self.action_names = list(action_names) if action_names is not None else None
+        self.background_saves = background_saves
         self.rewards: list[float] = []  # episode returns since the last checkpoint
         self._counts: dict[int, int] = {}  # actions taken since they were last reported
+        self._pending: list[np.ndarray] = []  # the actions of the steps since they were last counted
 
     def _on_step(self) -> bool:
         guard = self.guard
         keep_going = guard.tick(self.training_env.num_envs if self.training_env is not None else 1)
         actions = self.locals.get("actions")
         if actions is not None:
-            # Counted here as integers and handed to the guard once per finished episode: naming every action
-            # of every env at every step was most of trainguard's cost to a training step.
-            for action in np.asarray(actions).reshape(-1):
-                self._counts[int(action)] = self._counts.get(int(action), 0) + 1
+            self._pending.append(np.array(actions, copy=True))
+            if len(self._pending) >= self._FOLD_EVERY:
+                self._fold()
         dones = self.locals.get("dones")
+        if dones is not None and np.any(dones):
+            more = self._episodes_ended(guard, np.asarray(dones).reshape(-1))
+            if not more:
+                return False
+        if guard.stop is not None and not guard.stop.graceful:
+            return False
+        return keep_going or (guard.stop is not None and guard.stop.graceful)
+
+    def _episodes_ended(self, guard: Guard, dones: np.ndarray) -> bool:
         infos = self.locals.get("infos") or []
-        for index, done in enumerate(np.asarray(dones).reshape(-1) if dones is not None else []):
-            if not done:
-                continue
+        for index in np.flatnonzero(dones):
             episode_info = infos[index].get("episode") if index < len(infos) else None
             if episode_info is not None:
                 self.rewards.append(float(episode_info["r"]))
@@ -92,11 +114,20 @@ class GuardCallback(BaseCallback):
                 self.save()
             if not more:
                 return False
-        if guard.stop is not None and not guard.stop.graceful:
-            return False
-        return keep_going or (guard.stop is not None and guard.stop.graceful)
+        return True
+
+    def _fold(self) -> None:
+        if self._pending:
+            values, counts = np.unique(
+                np.concatenate([a.reshape(-1) for a in self._pending]), return_counts=True
+            )
+            self._pending.clear()
+            for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+                action = int(value)
+                self._counts[action] = self._counts.get(action, 0) + int(count)
 
     def _report_actions(self) -> None:
+        self._fold()
         if self._counts:
             names = self.action_names
             self.guard.report(actions={names[a] if names else str(a): n for a, n in self._counts.items()})
@@ -108,8 +139,11 @@ class GuardCallback(BaseCallback):
         if self.rewards:
             metrics["reward"] = float(np.mean(self.rewards))
             metrics["episodes_since_checkpoint"] = len(self.rewards)
-        self.guard.save(state_of(self.model), metrics=metrics)
+        self.guard.save(state_of(self.model), metrics=metrics, background=self.background_saves)
         self.rewards.clear()
+
+    def _on_training_end(self) -> None:
+        self.guard.wait_for_saves()  # learn() returns with every checkpoint committed (or its error raised)
 
 
 __all__ = ["GuardCallback", "restore", "resume", "state_of"]
