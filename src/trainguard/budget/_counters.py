@@ -10,6 +10,8 @@ project exists for. Between reservations the hot path only compares integers.
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,6 +42,8 @@ class ReservedCounter:
     reserved: int = field(init=False)
     block: int = field(init=False, default=1)
     _last: float | None = field(init=False, default=None)
+    # The training thread (ensure_reserved) and the monitor thread (prefetch) both reserve.
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.reserved = self.spent
@@ -53,21 +57,49 @@ class ReservedCounter:
         return self.limit is None or self.spent + amount <= self.limit
 
     def ensure_reserved(self, amount: int) -> int:
-        """Make sure the registry already counts ``amount`` more; returns the reserved ceiling."""
-        needed = self.spent + amount - self.reserved
-        if needed > 0:
-            grow = max(self.block, needed)
-            if self.limit is not None:
-                grow = min(grow, max(needed, self.limit - self.reserved))
-            self.reserve(grow)
-            self.reserved += grow
-            now = self.clock()
-            if self._last is not None and now - self._last < self.target_interval:
-                self.block *= 2
-            elif self._last is not None and now - self._last > 4 * self.target_interval:
-                self.block = max(1, self.block // 2)
-            self._last = now
+        """Make sure the registry already counts ``amount`` more; returns the reserved ceiling. (The
+        training thread; usually the monitor thread's ``prefetch`` has reserved it already.)"""
+        if self.spent + amount - self.reserved > 0:
+            with self._lock:
+                needed = self.spent + amount - self.reserved
+                if needed > 0:
+                    grow = max(self.block, needed)
+                    if self.limit is not None:
+                        grow = min(grow, max(needed, self.limit - self.reserved))
+                    self._charge(grow)
         return self.reserved
+
+    def prefetch(self, current: int | None = None) -> int:
+        """Reserve the next block before the loop needs it, when less than a block is left (the
+        monitor thread, every beat; ``current``: the loop's own count, when ``spent`` is updated only at
+        reservations): the training thread then waits on the registry only when it outruns the beat.
+        Returns what was reserved (0: nothing needed, or the limit is reached)."""
+        with self._lock:
+            used = self.spent if current is None else max(self.spent, current)
+            if self.reserved - used >= self.block:  # a block (about a beat of work) is still ahead
+                return 0
+            grow = self.block
+            if self.limit is not None:
+                grow = min(grow, self.limit - self.reserved)
+            if grow <= 0:
+                return 0
+            self._charge(grow)
+            return grow
+
+    def _charge(self, grow: int) -> None:
+        self.reserve(grow)
+        self.reserved += grow
+        now = self.clock()
+        if self._last is not None and now - self._last < self.target_interval:
+            # Sized from the rate just seen (at most 16x at once): a fast loop reaches blocks of about one
+            # interval in a step or two, instead of a registry write per doubling.
+            elapsed = max(now - self._last, 1e-3)
+            self.block = min(
+                self.block * 16, max(self.block * 2, math.ceil(self.block * self.target_interval / elapsed))
+            )
+        elif self._last is not None and now - self._last > 4 * self.target_interval:
+            self.block = max(1, self.block // 2)
+        self._last = now
 
     def unused(self) -> int:
         return self.reserved - self.spent

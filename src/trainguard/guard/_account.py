@@ -48,12 +48,16 @@ class BudgetAccount:
             run.episodes_spent,
             # On the loop's path: a registry outage shorter than the lease is a pause, not a crash.
             reserve=lambda n: lease.while_held(lambda: registry.charge(name, episodes=n), what="episodes"),
+            # A block lasts about a beat, so the monitor's prefetch each beat keeps the loop ahead; a crash
+            # forfeits at most about that much budget.
+            target_interval=max(1.0, beat),
         )
         self.steps = ReservedCounter(
             "steps",
             limits.get("max_steps"),
             run.steps_spent,
             reserve=lambda n: lease.while_held(lambda: registry.charge(name, steps=n), what="steps"),
+            target_interval=max(1.0, beat),
         )
         self.runtime = Runtime(limits.get("max_runtime"), run.runtime_spent, clock=clock)
         self.warnings = BudgetWarnings(float(limits.get("warn_at", 0.9)), emit=warn)
@@ -98,6 +102,12 @@ class BudgetAccount:
             return Stop(StopReason.LEASE_LOST, lost.reason)
         self.warnings.check("steps", total, limit)
         return None
+
+    def prefetch(self, steps_now: int) -> None:
+        """The monitor thread, every beat: reserve the next block of episodes and steps before the loop needs
+        it, so the training thread is not the one that waits on the registry."""
+        self.episodes.prefetch()
+        self.steps.prefetch(steps_now)
 
     def step_gate(self) -> int:
         """The step count up to which ``tick`` needs no slow path: the reservation, capped by the limit."""

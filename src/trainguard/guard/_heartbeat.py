@@ -90,6 +90,8 @@ class Heartbeat:
             self.lease_lost(lost)
         self.check_level("runtime", self.account.runtime.spent)
         try:
+            if not progress.fenced and progress.stop is None:
+                self.account.prefetch(progress.steps)
             self.account.charge_runtime()
             self.registry.record_heartbeat(self.run, self.lease.token, self.body(progress))
             self.flush_events()

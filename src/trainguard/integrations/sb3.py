@@ -61,7 +61,8 @@ class GuardCallback(BaseCallback):
     histogram.
 
     Its cost to a training step is what trainguard costs a trainer, so a step does only ``tick()`` and keeps
-    a reference to the step's actions; they are counted in bulk when an episode ends. Saves run in the
+    a reference to the step's actions; they are counted in bulk (every 4096 steps, and for each save - the
+    histogram is what a checkpoint records for the decision-health gate). Saves run in the
     background (``background_saves``, one in flight: the next save waits for the previous one): the step
     that saves is blocked only while the tensors are copied."""
 
@@ -82,17 +83,23 @@ class GuardCallback(BaseCallback):
         self.rewards: list[float] = []  # episode returns since the last checkpoint
         self._counts: dict[int, int] = {}  # actions taken since they were last reported
         self._pending: list[np.ndarray] = []  # the actions of the steps since they were last counted
+        self._envs = 1
+
+    def _init_callback(self) -> None:
+        self._envs = self.training_env.num_envs if self.training_env is not None else 1
 
     def _on_step(self) -> bool:
         guard = self.guard
-        keep_going = guard.tick(self.training_env.num_envs if self.training_env is not None else 1)
-        actions = self.locals.get("actions")
+        keep_going = guard.tick(self._envs)
+        local = self.locals
+        actions = local.get("actions")
         if actions is not None:
-            self._pending.append(np.array(actions, copy=True))
+            # SB3 makes a new array every step: a reference is enough (counted when an episode ends).
+            self._pending.append(actions)
             if len(self._pending) >= self._FOLD_EVERY:
                 self._fold()
-        dones = self.locals.get("dones")
-        if dones is not None and np.any(dones):
+        dones = local.get("dones")
+        if dones is not None and np.count_nonzero(dones):  # the cheapest test of a small array
             more = self._episodes_ended(guard, np.asarray(dones).reshape(-1))
             if not more:
                 return False
@@ -106,7 +113,6 @@ class GuardCallback(BaseCallback):
             episode_info = infos[index].get("episode") if index < len(infos) else None
             if episode_info is not None:
                 self.rewards.append(float(episode_info["r"]))
-            self._report_actions()
             more = guard.complete_episode()
             if episode_info is not None:
                 guard.report(reward=float(episode_info["r"]))  # max_episodes_without_improvement watches it
@@ -118,9 +124,9 @@ class GuardCallback(BaseCallback):
 
     def _fold(self) -> None:
         if self._pending:
-            values, counts = np.unique(
-                np.concatenate([a.reshape(-1) for a in self._pending]), return_counts=True
-            )
+            pending = self._pending  # SB3's arrays: (n_envs,) for discrete actions
+            flat = pending if np.ndim(pending[0]) == 1 else [np.ravel(a) for a in pending]
+            values, counts = np.unique(np.concatenate(flat), return_counts=True)
             self._pending.clear()
             for value, count in zip(values.tolist(), counts.tolist(), strict=True):
                 action = int(value)
