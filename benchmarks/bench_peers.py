@@ -103,7 +103,10 @@ def main() -> None:
         )
 
     def store_load() -> None:
-        touch_all(store.load(names[-1]).state)
+        touch_all(store.load(names[-1]).state)  # saved this round: the first load of these files
+
+    def store_reload() -> None:
+        touch_all(store.load(names[-2]).state)  # loaded last round and unchanged since: digest known
 
     def torch_load() -> None:
         touch_all(torch.load(torch_file, weights_only=True))
@@ -128,12 +131,15 @@ def main() -> None:
     }
     loads: dict[str, Callable[[], None]] = {
         "store.load (verify + decode), touched": store_load,
+        "store.load again (file unchanged since verified), touched": store_reload,
         "torch.load(weights_only=True), touched": torch_load,
         "torch.load(mmap=True), touched": torch_mmap,
         "safetensors load_file, touched": st_load,
         "dcp.load, touched": dcp_load,
     }
     times: dict[str, list[float]] = {name: [] for name in (*saves, *loads)}
+    store_save()  # a checkpoint for the first round's re-load
+    store_load()
     for round_ in range(args.rounds):
         order = list(saves.items())
         order = order[round_ % len(order) :] + order[: round_ % len(order)]

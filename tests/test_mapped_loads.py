@@ -159,3 +159,27 @@ def test_a_process_serving_a_loaded_checkpoint_never_looks_like_a_writer_to_the_
         assert held == []
         scan = run_cli("incident", "scan", str(tmp_path / "store"), "--json")
         assert json.loads(scan.stdout)["stores"][0]["suspects"] == []
+
+
+def test_a_reload_of_an_unchanged_file_is_not_hashed_again_and_a_changed_one_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, name, tensors = _saved(tmp_path)
+    hashed: list[int] = []
+    real_hash = mapping._hash
+
+    def counting(data: np.ndarray) -> str:
+        hashed.append(data.nbytes)
+        return real_hash(data)
+
+    monkeypatch.setattr(mapping, "_hash", counting)
+    with store:
+        store.load(name)
+        first = len(hashed)
+        assert first >= 2  # tensors and tree, hashed once each
+        store.load(name)
+        assert len(hashed) == first  # same identity (inode, size, mtime, ctime): the digest is known
+        _rewrite_last_bytes(tensors)
+        with pytest.raises(CorruptCheckpoint, match="does not match the manifest"):
+            store.load(name)
+        assert len(hashed) == first + 1  # the rewritten file was hashed again, and refused

@@ -21,11 +21,13 @@ new end fault (SIGBUS), as for any map (``torch.load(mmap=True)`` too).
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import ctypes.util
 import mmap
 import os
 import sys
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -147,13 +149,44 @@ def _map_private(fd: int, size: int) -> np.ndarray:
     return data
 
 
+class _Verified:
+    """Digests this process computed, by the identity the file had while it was hashed: a file whose
+    identity has not moved since (no write, truncation or replacement: each moves the ctime, which no user
+    can set back) holds the bytes that were hashed, so re-loading it needs no second pass over them - the
+    same rule ``LoadedCheckpoint.state`` applies at every access. Bounded; per process, never on disk."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._digests: collections.OrderedDict[FileIdentity, str] = collections.OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, identity: FileIdentity) -> str | None:
+        with self._lock:
+            digest = self._digests.get(identity)
+            if digest is not None:
+                self._digests.move_to_end(identity)
+            return digest
+
+    def put(self, identity: FileIdentity, digest: str) -> None:
+        with self._lock:
+            self._digests[identity] = digest
+            while len(self._digests) > self._size:
+                self._digests.popitem(last=False)
+
+
+VERIFIED = _Verified()
+
+
 def _map(fd: int, path: str) -> tuple[FileIdentity, np.ndarray, str]:
     identity = FileIdentity.of(os.fstat(fd))
     data = np.empty(0, dtype=np.uint8) if identity.size == 0 else _map_private(fd, identity.size)
-    digest = _hash(data)
+    known = VERIFIED.get(identity)
+    digest = known if known is not None else _hash(data)
     if FileIdentity.of(os.fstat(fd)) != identity:
         raise ChangedWhileVerified(f"{path} changed while it was verified")
+    if known is None:
+        VERIFIED.put(identity, digest)
     return identity, data, digest
 
 
-__all__ = ["ChangedWhileVerified", "FileIdentity", "VerifiedMap", "map_and_hash"]
+__all__ = ["VERIFIED", "ChangedWhileVerified", "FileIdentity", "VerifiedMap", "map_and_hash"]
