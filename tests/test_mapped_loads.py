@@ -3,6 +3,7 @@ after its load is re-verified at the next use of the state and refused when its 
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import os
@@ -183,3 +184,18 @@ def test_a_reload_of_an_unchanged_file_is_not_hashed_again_and_a_changed_one_is(
         with pytest.raises(CorruptCheckpoint, match="does not match the manifest"):
             store.load(name)
         assert len(hashed) == first + 1  # the rewritten file was hashed again, and refused
+
+
+def test_a_file_system_that_cannot_map_falls_back_to_a_private_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, name, _ = _saved(tmp_path)
+
+    def no_mmap(fd: int, size: int) -> np.ndarray:
+        raise OSError(errno.ENODEV, "mmap: No such device")  # what some FUSE and network mounts answer
+
+    monkeypatch.setattr(mapping, "_map_private", no_mmap)
+    monkeypatch.setattr(mapping, "VERIFIED", mapping._Verified())  # nothing known: every file is read
+    with store:
+        loaded = store.load(name)
+        assert not loaded.mapped and np.array_equal(loaded.state["w"], W)

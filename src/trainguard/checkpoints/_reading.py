@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,8 +135,8 @@ def _verified(name: str, path: Path, record: FileRecord, maps: list[VerifiedMap]
     """One file's bytes, hashed before anyone sees them (mapped, and the map added to ``maps``, unless
     ``maps`` is None)."""
     try:
-        if maps is not None:
-            verified = map_and_hash(path)
+        verified = _map_or_none(path) if maps is not None else None
+        if verified is not None and maps is not None:
             maps.append(verified)
             data, digest = verified.data, verified.digest
         else:
@@ -147,6 +148,19 @@ def _verified(name: str, path: Path, record: FileRecord, maps: list[VerifiedMap]
     if len(data) != record.bytes or digest != record.hash:
         raise CorruptCheckpoint(name, str(path), f"hash {digest} does not match the manifest's {record.hash}")
     return data
+
+
+def _map_or_none(path: Path) -> VerifiedMap | None:
+    """The file mapped and hashed, or None where it cannot be mapped (a file system without mmap: some
+    FUSE and network mounts) - the caller then reads it into private memory instead."""
+    try:
+        return map_and_hash(path)
+    except ChangedWhileVerified:
+        raise
+    except OSError as error:
+        if error.errno in (errno.ENODEV, errno.EINVAL, errno.EACCES, errno.ENOSYS, errno.EOPNOTSUPP):
+            return None
+        raise
 
 
 def check_maps(name: str, manifest: Manifest, maps: list[VerifiedMap]) -> None:
