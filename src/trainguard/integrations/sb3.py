@@ -60,8 +60,8 @@ class GuardCallback(BaseCallback):
     the Guard's cadence, and reports the actions taken (named by ``action_names``) as the decision
     histogram.
 
-    Its cost to a training step is what trainguard costs a trainer, so a step does only ``tick()`` and keeps
-    a reference to the step's actions; they are counted in bulk (every 4096 steps, and for each save - the
+    Its cost to a training step is what trainguard costs a trainer, so a step does only ``tick()`` and copies
+    the step's actions into a buffer; they are counted in bulk (every 4096 steps, and for each save - the
     histogram is what a checkpoint records for the decision-health gate). Saves run in the
     background (``background_saves``, one in flight: the next save waits for the previous one): the step
     that saves is blocked only while the tensors are copied."""
@@ -82,7 +82,10 @@ class GuardCallback(BaseCallback):
         self.background_saves = background_saves
         self.rewards: list[float] = []  # episode returns since the last checkpoint
         self._counts: dict[int, int] = {}  # actions taken since they were last reported
-        self._pending: list[np.ndarray] = []  # the actions of the steps since they were last counted
+        # The actions of the steps since they were last counted, one row per step (made at the first step).
+        self._taken: np.ndarray = np.empty(0)
+        self._shape: tuple[int, ...] | None = None
+        self._filled = 0
         self._envs = 1
 
     def _init_callback(self) -> None:
@@ -94,10 +97,12 @@ class GuardCallback(BaseCallback):
         local = self.locals
         actions = local.get("actions")
         if actions is not None:
-            # SB3 makes a new array every step: a reference is enough (counted when an episode ends).
-            self._pending.append(actions)
-            if len(self._pending) >= self._FOLD_EVERY:
-                self._fold()
+            filled = self._filled
+            if filled < self._FOLD_EVERY and getattr(actions, "shape", None) == self._shape:
+                self._taken[filled] = actions  # one copy of a few numbers into a buffer reused all run
+                self._filled = filled + 1
+            else:
+                self._take_slowly(actions)
         dones = local.get("dones")
         if dones is not None and np.count_nonzero(dones):  # the cheapest test of a small array
             more = self._episodes_ended(guard, np.asarray(dones).reshape(-1))
@@ -122,12 +127,21 @@ class GuardCallback(BaseCallback):
                 return False
         return True
 
+    def _take_slowly(self, actions: Any) -> None:
+        """The buffer is full, or this is the first step (or the actions changed shape): count what is in
+        it, then (re)make it for actions of this shape."""
+        self._fold()
+        array = np.asarray(actions)
+        if array.shape != self._shape:
+            self._shape = array.shape
+            self._taken = np.empty((self._FOLD_EVERY, *array.shape), dtype=array.dtype)
+        self._taken[0] = array
+        self._filled = 1
+
     def _fold(self) -> None:
-        if self._pending:
-            pending = self._pending  # SB3's arrays: (n_envs,) for discrete actions
-            flat = pending if np.ndim(pending[0]) == 1 else [np.ravel(a) for a in pending]
-            values, counts = np.unique(np.concatenate(flat), return_counts=True)
-            self._pending.clear()
+        if self._filled:
+            values, counts = np.unique(self._taken[: self._filled], return_counts=True)
+            self._filled = 0
             for value, count in zip(values.tolist(), counts.tolist(), strict=True):
                 action = int(value)
                 self._counts[action] = self._counts.get(action, 0) + int(count)
