@@ -7,13 +7,14 @@ the same number wherever it is enforced.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 
-def tree_rss(*pids: int | None) -> int:
-    """Resident memory of the processes (default: this one) and all their descendants, each counted once."""
+def _tree(pids: tuple[int | None, ...]) -> list[psutil.Process]:
+    """The processes (default: this one) and all their descendants, each once."""
     processes: dict[int, psutil.Process] = {}
     for pid in pids or (None,):
         try:
@@ -22,34 +23,33 @@ def tree_rss(*pids: int | None) -> int:
                 processes.setdefault(process.pid, process)
         except psutil.Error:
             continue
-    total = 0
-    for process in processes.values():
+    return list(processes.values())
+
+
+@dataclass(frozen=True)
+class TreeUsage:
+    rss: int  # resident bytes, each process counted once
+    cpu_seconds: float  # user + system, plus what their reaped children used
+
+
+def tree_usage(*pids: int | None) -> TreeUsage:
+    """Memory and CPU of a process tree from one walk of it (the Guard and the launcher sample both).
+    Reaped children's CPU is included, so a worker that exits does not take its CPU with it."""
+    rss, cpu = 0, 0.0
+    for process in _tree(pids):
         try:
-            total += process.memory_info().rss
+            with process.oneshot():
+                rss += process.memory_info().rss
+                times = process.cpu_times()
         except psutil.Error:
             continue  # exited between listing and reading
-    return total
+        cpu += times.user + times.system + times.children_user + times.children_system
+    return TreeUsage(rss, cpu)
 
 
-def tree_cpu_seconds(*pids: int | None) -> float:
-    """User + system CPU seconds of the processes (default: this one) and their living descendants, plus
-    what their reaped children used (so a worker that exits does not take its CPU with it)."""
-    processes: dict[int, psutil.Process] = {}
-    for pid in pids or (None,):
-        try:
-            root = psutil.Process(pid)
-            for process in (root, *root.children(recursive=True)):
-                processes.setdefault(process.pid, process)
-        except psutil.Error:
-            continue
-    total = 0.0
-    for process in processes.values():
-        try:
-            times = process.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system + times.children_user + times.children_system
-    return total
+def tree_rss(*pids: int | None) -> int:
+    """Resident memory of the processes (default: this one) and all their descendants, each counted once."""
+    return tree_usage(*pids).rss
 
 
 def tree_bytes(root: Path) -> int:
@@ -73,4 +73,4 @@ def tree_bytes(root: Path) -> int:
     return total
 
 
-__all__ = ["tree_bytes", "tree_cpu_seconds", "tree_rss"]
+__all__ = ["TreeUsage", "tree_bytes", "tree_rss", "tree_usage"]

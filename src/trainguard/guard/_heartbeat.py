@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainguard._os.resources import tree_bytes, tree_cpu_seconds, tree_rss
+from trainguard._os.resources import tree_bytes, tree_usage
 from trainguard.budget import Budget, CpuWindow, EffectiveLimits, LevelWarnings, over_ceiling, warn_log
 from trainguard.errors import RegistryError
 from trainguard.guard._account import BudgetAccount
@@ -133,11 +133,12 @@ class Heartbeat:
 
     def sample(self) -> None:
         limits = EffectiveLimits.from_mapping(self.account.limits)
-        self.rss = tree_rss()
+        usage = tree_usage()
+        self.rss = usage.rss
         if overrun := over_ceiling(Budget.MEMORY, self.rss, limits.memory):
             self.request_stop(Stop(StopReason.MEMORY, str(overrun)))
         self.check_level("memory", self.rss)
-        if self.cpu is not None and (busy := self.cpu.observe(self.clock(), tree_cpu_seconds())):
+        if self.cpu is not None and (busy := self.cpu.observe(self.clock(), usage.cpu_seconds)):
             self.request_stop(Stop(StopReason.CPU, str(busy)))
         if limits.disk:
             self.disk = tree_bytes(self.store_root)

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from trainguard._os.resources import tree_cpu_seconds, tree_rss
+from trainguard._os.resources import tree_usage
 from trainguard.budget import Budget, CpuWindow, LevelWarnings, Runtime, over_ceiling
 from trainguard.config import TrainguardConfig
 from trainguard.guard import Stop, StopReason
@@ -39,7 +39,8 @@ class ChildRules:
 
     def judge(self, runtime: Runtime, child_pid: int, episodes: float | None) -> Stop | None:
         """The first rule the child has broken now (None: none), after sounding any warning level reached."""
-        rss = tree_rss(child_pid)
+        usage = tree_usage(child_pid)
+        rss = usage.rss
         for name, reading in (("runtime", runtime.spent), ("memory", rss), ("episodes", episodes)):
             if reading is not None and (reached := self.levels.check(name, reading)) is not None:
                 self.warn(f"{name} {reading:g} reached its warning level {reached[2]:g}")
@@ -49,7 +50,7 @@ class ChildRules:
         memory = self.settings.get("max_memory")
         if memory is not None and (overrun := over_ceiling(Budget.MEMORY, rss, memory)):
             return Stop(StopReason.MEMORY, str(overrun))
-        if self.cpu is not None and (busy := self.cpu.observe(time.monotonic(), tree_cpu_seconds(child_pid))):
+        if self.cpu is not None and (busy := self.cpu.observe(time.monotonic(), usage.cpu_seconds)):
             return Stop(StopReason.CPU, str(busy))
         return None
 
