@@ -88,9 +88,6 @@ class VerifiedMap:
             raise ChangedWhileVerified(f"{self.path} changed while it was re-verified")
         return digest, before
 
-    def close(self) -> None:
-        """Nothing to release but the map, which goes with the last view of ``data``."""
-
 
 def _hash(data: np.ndarray) -> str:
     threads = blake3.blake3.AUTO if data.nbytes >= _PARALLEL_FROM else 1

@@ -111,33 +111,31 @@ def verify_dir(expected: Expected, directory: Path) -> VerifyReport:
 
 def load_dir(
     expected: Expected, directory: Path, *, mapped: bool = True
-) -> tuple[Any, Manifest, list[VerifiedMap]]:
+) -> tuple[Any, Manifest, dict[str, VerifiedMap]]:
     """Hash every file before anything is decoded; decode only when every hash matched.
 
     ``mapped``: each file is mapped and hashed in place (``_os.mapping``), the state is built on the maps
-    and the maps are returned for the check at use; otherwise each file is read into private memory while
-    it is hashed (slower; immune to anything done to the file afterwards)."""
+    and the maps (by manifest path) are returned for the check at use; otherwise each file is read into
+    private memory while it is hashed (slower; immune to anything done to the file afterwards)."""
     name = expected.name
     manifest = read_manifest(expected, directory)
     contents: dict[str, np.ndarray] = {}
-    maps: list[VerifiedMap] = []
-    try:
-        for record in manifest.files:
-            contents[record.path] = _verified(name, directory / record.path, record, maps if mapped else None)
-        return read_state(name, contents), manifest, maps
-    except BaseException:
-        for verified in maps:
-            verified.close()
-        raise
+    maps: dict[str, VerifiedMap] = {}
+    for record in manifest.files:
+        contents[record.path] = _verified(name, directory, record, maps if mapped else None)
+    return read_state(name, contents), manifest, maps
 
 
-def _verified(name: str, path: Path, record: FileRecord, maps: list[VerifiedMap] | None) -> np.ndarray:
-    """One file's bytes, hashed before anyone sees them (mapped, and the map added to ``maps``, unless
+def _verified(
+    name: str, directory: Path, record: FileRecord, maps: dict[str, VerifiedMap] | None
+) -> np.ndarray:
+    """One file's bytes, hashed before anyone sees them (mapped, and the map kept in ``maps``, unless
     ``maps`` is None)."""
+    path = directory / record.path
     try:
         verified = _map_or_none(path) if maps is not None else None
         if verified is not None and maps is not None:
-            maps.append(verified)
+            maps[record.path] = verified
             data, digest = verified.data, verified.digest
         else:
             data, digest = read_and_hash(path)
@@ -163,12 +161,11 @@ def _map_or_none(path: Path) -> VerifiedMap | None:
         raise
 
 
-def check_maps(name: str, manifest: Manifest, maps: list[VerifiedMap]) -> None:
+def check_maps(name: str, manifest: Manifest, maps: dict[str, VerifiedMap]) -> None:
     """At use: a mapped file whose identity moved since it was verified is hashed again through its map;
     content that no longer matches the manifest is refused (CorruptCheckpoint), never served."""
-    hashes = {str(Path(m.path).name): m for m in maps}
     for record in manifest.files:
-        verified = hashes.get(Path(record.path).name)
+        verified = maps.get(record.path)
         if verified is None or not verified.changed():
             continue
         try:

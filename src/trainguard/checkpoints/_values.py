@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import threading
-import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,15 +26,13 @@ class LoadedCheckpoint:
         state: Any,
         record: CheckpointRecord,
         manifest: Manifest,
-        maps: Sequence[VerifiedMap] = (),
+        maps: Mapping[str, VerifiedMap] | None = None,
     ) -> None:
         self._state = state
         self.record = record
         self.manifest = manifest
-        self._maps = list(maps)
+        self._maps = dict(maps or {})  # manifest path -> the verified map the state is built on
         self._lock = threading.Lock()
-        if self._maps:
-            weakref.finalize(self, _close_all, self._maps)  # the descriptors live as long as the state
 
     @property
     def state(self) -> Any:
@@ -62,11 +59,6 @@ class LoadedCheckpoint:
 
     def __repr__(self) -> str:
         return f"LoadedCheckpoint({self.record.name!r}, episode={self.record.episode}, mapped={self.mapped})"
-
-
-def _close_all(maps: list[VerifiedMap]) -> None:
-    for verified in maps:
-        verified.close()
 
 
 @dataclass(frozen=True)
