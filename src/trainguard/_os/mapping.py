@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import ctypes.util
 import mmap
 import os
 import sys
@@ -35,6 +34,7 @@ import blake3
 import numpy as np
 
 from trainguard._os.hashing import format_digest
+from trainguard._os.libc import libc
 
 _MADV_POPULATE_READ = 22  # Linux 5.14: fill the page tables from the page cache without breaking COW
 _PARALLEL_FROM = 16 << 20  # smaller files hash faster on one thread than they take to fan out
@@ -107,10 +107,10 @@ def map_and_hash(path: str | os.PathLike[str]) -> VerifiedMap:
     return VerifiedMap(os.fspath(path), identity, data, digest)
 
 
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [
+def _mapping_libc() -> ctypes.CDLL:
+    c = libc()
+    c.mmap.restype = ctypes.c_void_p
+    c.mmap.argtypes = [
         ctypes.c_void_p,
         ctypes.c_size_t,
         ctypes.c_int,
@@ -118,12 +118,12 @@ def _libc() -> ctypes.CDLL:
         ctypes.c_int,
         ctypes.c_long,
     ]
-    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return libc
+    c.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    c.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return c
 
 
-_LIBC = _libc() if sys.platform.startswith("linux") else None
+_LIBC = _mapping_libc() if sys.platform.startswith("linux") else None
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 

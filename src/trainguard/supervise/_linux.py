@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import resource
 import signal
 import sys
 from collections.abc import Callable
 
+from trainguard._os.libc import libc
 from trainguard.errors import NotSupported
 
 PR_SET_PDEATHSIG = 1
@@ -18,8 +18,7 @@ IS_LINUX = sys.platform.startswith("linux")
 
 
 def _prctl(option: int, value: int) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    if libc.prctl(option, value, 0, 0, 0) != 0:
+    if libc().prctl(option, value, 0, 0, 0) != 0:
         error = ctypes.get_errno()
         raise OSError(error, os.strerror(error))
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import json
 import os
@@ -39,6 +38,8 @@ from pathlib import Path
 
 import psutil
 
+from trainguard._os.libc import libc
+from trainguard.supervise._linux import PR_SET_PDEATHSIG, _prctl
 from trainguard.supervise._procs import Evidence, describe
 
 # <sys/fanotify.h>
@@ -77,10 +78,6 @@ class Write:
         }
 
 
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
 def _under(path: str, directories: list[str]) -> bool:
     return any(path == d or path.startswith(d.rstrip("/") + "/") for d in directories)
 
@@ -112,14 +109,14 @@ class _EventSource:
     def _start_fanotify(self, wanted: bool) -> None:
         if not wanted:
             raise OSError(errno.EPERM, "fanotify not requested")
-        libc = _libc()
-        fd = libc.fanotify_init(_FAN_CLASS_NOTIF | _FAN_CLOEXEC | _FAN_NONBLOCK, os.O_RDONLY | os.O_LARGEFILE)
+        c = libc()
+        fd = c.fanotify_init(_FAN_CLASS_NOTIF | _FAN_CLOEXEC | _FAN_NONBLOCK, os.O_RDONLY | os.O_LARGEFILE)
         if fd < 0:
             raise OSError(ctypes.get_errno(), "fanotify_init")
         for directory in self.directories:
             # A mount mark sees every file below the directory, however deep; events are filtered by path.
             if (
-                libc.fanotify_mark(
+                c.fanotify_mark(
                     fd, _FAN_MARK_ADD | _FAN_MARK_MOUNT, _FAN_CLOSE_WRITE, _AT_FDCWD, directory.encode()
                 )
                 < 0
@@ -130,19 +127,18 @@ class _EventSource:
         self.fd, self.how = fd, "fanotify"
 
     def _start_inotify(self) -> None:
-        libc = _libc()
-        fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        fd = libc().inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
         if fd < 0:
             self.limitation += "; inotify unavailable too: no writes can be seen"
             return
         self.fd, self.how = fd, "inotify"
         for directory in self.directories:
             for root, _dirs, _files in os.walk(directory):
-                self._watch(libc, root)
+                self._watch(root)
 
-    def _watch(self, libc: ctypes.CDLL, directory: str) -> None:
+    def _watch(self, directory: str) -> None:
         mask = _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE
-        wd = libc.inotify_add_watch(self.fd, directory.encode(), mask)
+        wd = libc().inotify_add_watch(self.fd, directory.encode(), mask)
         if wd >= 0:
             self._watches[wd] = directory
 
@@ -184,7 +180,6 @@ class _EventSource:
     def _drain_inotify(self) -> list[Write]:
         data, offset, writes = self._read(), 0, []
         now = time.time()
-        libc = None
         candidates: dict[str, list[Evidence]] = {}
         while offset + _INOTIFY.size <= len(data):
             wd, mask, _cookie, length = _INOTIFY.unpack_from(data, offset)
@@ -195,8 +190,7 @@ class _EventSource:
                 continue
             path = os.path.join(directory, raw.rstrip(b"\0").decode(errors="replace"))
             if mask & _IN_CREATE and mask & _IN_ISDIR:
-                libc = libc or _libc()
-                self._watch(libc, path)  # a new subdirectory: watch it too
+                self._watch(path)  # a new subdirectory: watch it too
             elif mask & (_IN_CLOSE_WRITE | _IN_MOVED_TO) and not mask & _IN_ISDIR:
                 if directory not in candidates:  # one /proc walk per directory per batch, not per event
                     candidates[directory] = _candidates(directory)
@@ -319,8 +313,7 @@ class WriteMonitor:
 
 def _serve(directories: list[str], *, fanotify: bool) -> None:
     """The helper: announce how it watches, then one JSON line per write until stdout closes or TERM."""
-    libc = _libc()
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: never outlive the watchdog that asked
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # never outlive the watchdog that asked
     source = _EventSource(directories, fanotify=fanotify)
     print(json.dumps({"how": source.how, "limitation": source.limitation}), flush=True)
     if source.fd < 0:
