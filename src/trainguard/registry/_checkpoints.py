@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
@@ -13,6 +14,25 @@ from trainguard.registry import _schema as t
 from trainguard.registry._leases import LeaseOps
 from trainguard.registry._records import CheckpointRecord, CommitVerdict
 from trainguard.registry._states import STATE_EVENTS, CheckpointState, EventKind
+
+
+def checkpoint_row(record: CheckpointRecord, state: CheckpointState, now: float) -> dict[str, Any]:
+    """The tg_checkpoints row for ``record`` in ``state`` (a commit, or a rebuild restoring one), unpinned."""
+    return {
+        "run": record.run,
+        "name": record.name,
+        "episode": record.episode,
+        "token": record.token,
+        "parent": record.parent,
+        "fingerprint": record.fingerprint,
+        "manifest_hash": record.manifest_hash,
+        "state": state.value,
+        "pinned": False,
+        "metrics_json": json.dumps(record.metrics, sort_keys=True, default=float),
+        "bytes": record.bytes,
+        "created_at": record.created_at or now,
+        "state_changed_at": now,
+    }
 
 
 class CheckpointOps(LeaseOps):
@@ -40,21 +60,7 @@ class CheckpointOps(LeaseOps):
             if verdict.accepted:
                 now = time.time()
                 conn.execute(
-                    insert(t.checkpoints).values(
-                        run=record.run,
-                        name=record.name,
-                        episode=record.episode,
-                        token=record.token,
-                        parent=record.parent,
-                        fingerprint=record.fingerprint,
-                        manifest_hash=record.manifest_hash,
-                        state=CheckpointState.COMMITTED.value,
-                        pinned=False,
-                        metrics_json=json.dumps(record.metrics, sort_keys=True, default=float),
-                        bytes=record.bytes,
-                        created_at=record.created_at or now,
-                        state_changed_at=now,
-                    )
+                    insert(t.checkpoints).values(checkpoint_row(record, CheckpointState.COMMITTED, now))
                 )
                 self._record_event(
                     conn,

@@ -8,7 +8,6 @@ signature and hash; this writes the rows in one transaction, never over an exist
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +17,7 @@ from sqlalchemy import insert, select
 from trainguard.errors import StateConflict
 from trainguard.names import validate_name
 from trainguard.registry import _schema as t
+from trainguard.registry._checkpoints import checkpoint_row
 from trainguard.registry._core import RegistryCore
 from trainguard.registry._records import CheckpointRecord
 from trainguard.registry._states import EventKind
@@ -55,24 +55,11 @@ class RestoreOps(RegistryCore):
                 )
             )
             for record in checkpoints:
-                conn.execute(
-                    insert(t.checkpoints).values(
-                        run=run,
-                        name=record.name,
-                        episode=record.episode,
-                        token=record.token,
-                        parent=record.parent,
-                        fingerprint=record.fingerprint,
-                        manifest_hash=record.manifest_hash,
-                        state=record.state.value,
-                        state_reason=record.state_reason,
-                        pinned=False,
-                        metrics_json=json.dumps(record.metrics, sort_keys=True, default=float),
-                        bytes=record.bytes,
-                        created_at=record.created_at or now,
-                        state_changed_at=now,
-                    )
-                )
+                row = checkpoint_row(record, record.state, now) | {
+                    "run": run,
+                    "state_reason": record.state_reason,
+                }
+                conn.execute(insert(t.checkpoints).values(row))
             self._record_event(
                 conn,
                 run,
