@@ -322,8 +322,9 @@ class Launcher:
         files = progress.files
         if files is None:
             return
-        files.poll(charge=progress.legacy)  # a Guard inside, once registered, counts for itself
-        if progress.legacy and (stop := files.over_budget(self.settings)) is not None:
+        added = files.poll(charge=progress.legacy)  # a Guard inside, once registered, counts for itself
+        # The spend is read again only when a file added to it (this runs five times a second).
+        if progress.legacy and (added or files.used is None) and (stop := files.over_budget(self.settings)):
             self._stop(stop.reason, stop.detail)
         waited = time.monotonic() - files.watch.started
         if (
@@ -395,11 +396,8 @@ class Launcher:
             "count_seen": seen,
         }
         why = result.stop.detail if result.stop else result.reason
-        _best_effort(
-            lambda: registry.add_event(
-                self.run, EventKind.LAUNCHER_EXITED, token=token, reason=why, detail=detail
-            )
-        )
+        exited = EventKind.LAUNCHER_EXITED
+        _best_effort(lambda: registry.add_event(self.run, exited, token=token, reason=why, detail=detail))
         return result
 
 
