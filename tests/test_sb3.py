@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ import torch
 
 pytest.importorskip("stable_baselines3")
 
-from stable_baselines3 import PPO
+from stable_baselines3 import DQN, PPO
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 
 from examples.swt.env import SwtEnv
@@ -99,3 +101,51 @@ def test_a_revoked_lease_stops_learn(tmp_path: Path) -> None:
     assert guard.stop_reason is StopReason.LEASE_LOST
     assert guard.stop is not None and "operator: stop this run" in guard.stop.detail
     assert model.num_timesteps < 50_000  # it stopped, it did not train on for the full budget
+
+
+class _Spy(BaseCallback):
+    """Counts every action the algorithm takes, step by step (runs before the GuardCallback)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def _on_step(self) -> bool:
+        self.counts.update(ACTIONS[int(a)] for a in np.asarray(self.locals["actions"]).reshape(-1))
+        return True
+
+
+class _SnapshotAtSave(GuardCallback):
+    """Takes the spy's counts at each save: what the checkpoint's histogram must hold since the last one."""
+
+    def __init__(self, guard: Guard, spy: _Spy) -> None:
+        super().__init__(guard, action_names=ACTIONS)
+        self.spy = spy
+        self.at_save: list[Counter[str]] = []
+
+    def save(self) -> None:
+        self.at_save.append(Counter(self.spy.counts))
+        super().save()
+
+
+@pytest.mark.parametrize("algorithm", ["PPO", "DQN"])  # actions from the rollout buffer / copied per step
+def test_each_checkpoint_histogram_counts_exactly_the_actions_taken_since_the_last(
+    tmp_path: Path, algorithm: str
+) -> None:
+    with _guard(tmp_path, max_episodes=13, every_episodes=3) as guard:
+        if algorithm == "PPO":
+            model: PPO | DQN = _model()
+        else:
+            env = make_vec_env(lambda: SwtEnv(TRAINING, SPEC, episode_length=16), n_envs=2, seed=0)
+            model = DQN("MlpPolicy", env, learning_starts=8, buffer_size=500, seed=0, device="cpu")
+        spy = _Spy()
+        callback = _SnapshotAtSave(guard, spy)
+        model.learn(total_timesteps=10**7, callback=CallbackList([spy, callback]))
+    with Registry.open(f"sqlite:///{tmp_path / 'store/.trainguard/registry.db'}") as registry:
+        records = registry.checkpoints("sb3")
+    assert [r.episode for r in records] == [3, 6, 9, 12, 13]
+    assert len(callback.at_save) == len(records)
+    before: Counter[str] = Counter()
+    for record, at_save in zip(records, callback.at_save, strict=True):
+        assert Counter(record.metrics["actions"]) == at_save - before, record.name
+        before = at_save

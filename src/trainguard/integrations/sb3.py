@@ -22,6 +22,7 @@ from trainguard.guard import Guard
 
 try:
     from stable_baselines3.common.base_class import BaseAlgorithm
+    from stable_baselines3.common.buffers import RolloutBuffer
     from stable_baselines3.common.callbacks import BaseCallback
 except ImportError as error:  # an optional integration: say which extra brings it
     raise MissingDependency("stable-baselines3", "sb3", "trainguard.integrations.sb3") from error
@@ -60,11 +61,13 @@ class GuardCallback(BaseCallback):
     the Guard's cadence, and reports the actions taken (named by ``action_names``) as the decision
     histogram.
 
-    Its cost to a training step is what trainguard costs a trainer, so a step does only ``tick()`` and copies
-    the step's actions into a buffer; they are counted in bulk (every 4096 steps, and for each save - the
-    histogram is what a checkpoint records for the decision-health gate). Saves run in the
-    background (``background_saves``, one in flight: the next save waits for the previous one): the step
-    that saves is blocked only while the tensors are copied."""
+    Its cost to a training step is what trainguard costs a trainer, so a step does only ``tick()`` and a
+    bytes comparison of ``dones``. On-policy algorithms (PPO, A2C) already keep every action in their
+    rollout buffer: those are counted in bulk at the end of each rollout and at each save (the histogram is
+    what a checkpoint records for the decision-health gate). Off-policy ones copy the step's actions into a
+    buffer counted every 4096 steps. Saves run in the background (``background_saves``, one in flight: the
+    next save waits for the previous one): the step that saves is blocked only while the tensors are
+    copied."""
 
     _FOLD_EVERY = 4096  # steps of actions kept before they are counted anyway (very long episodes)
 
@@ -82,39 +85,74 @@ class GuardCallback(BaseCallback):
         self.background_saves = background_saves
         self.rewards: list[float] = []  # episode returns since the last checkpoint
         self._counts: dict[int, int] = {}  # actions taken since they were last reported
-        # The actions of the steps since they were last counted, one row per step (made at the first step).
+        # Off-policy: the actions of the steps since they were last counted, one row per step.
         self._taken: np.ndarray = np.empty(0)
         self._shape: tuple[int, ...] | None = None
         self._filled = 0
         self._envs = 1
+        # On-policy: the rollout buffer's rows [0, _counted) are already in _counts.
+        self._rollout: RolloutBuffer | None = None
+        self._counted = 0
+        # The bytes of a `dones` with no episode ended: comparing bytes is the cheapest test per step.
+        self._none_done = b""
+        self._stepping = False
 
     def _init_callback(self) -> None:
         self._envs = self.training_env.num_envs if self.training_env is not None else 1
+        buffer = getattr(self.model, "rollout_buffer", None)
+        self._rollout = buffer if isinstance(buffer, RolloutBuffer) else None
+
+    def _on_rollout_start(self) -> None:
+        self._counted = 0  # the algorithm has just reset its buffer
+
+    def _on_rollout_end(self) -> None:
+        self._count_rollout(None)
 
     def _on_step(self) -> bool:
         guard = self.guard
         keep_going = guard.tick(self._envs)
         local = self.locals
-        actions = local.get("actions")
-        if actions is not None:
-            filled = self._filled
-            if filled < self._FOLD_EVERY and getattr(actions, "shape", None) == self._shape:
-                self._taken[filled] = actions  # one copy of a few numbers into a buffer reused all run
-                self._filled = filled + 1
-            else:
-                self._take_slowly(actions)
+        if self._rollout is None:
+            self._copy_actions(local.get("actions"))
         dones = local.get("dones")
-        if dones is not None and np.count_nonzero(dones):  # the cheapest test of a small array
-            more = self._episodes_ended(guard, np.asarray(dones).reshape(-1))
-            if not more:
+        if dones is not None:
+            try:
+                some_ended = dones.tobytes() != self._none_done
+            except AttributeError:  # a VecEnv that returns a list, not the array SB3 promises
+                some_ended = True
+            if some_ended and not self._episodes_ended(guard, dones):
                 return False
-        if guard.stop is not None and not guard.stop.graceful:
-            return False
-        return keep_going or (guard.stop is not None and guard.stop.graceful)
+        if keep_going:
+            return True
+        # tick() said stop: at once unless the stop is graceful (a signal), which waits for the episode end.
+        stop = guard.stop
+        return stop is not None and stop.graceful
 
-    def _episodes_ended(self, guard: Guard, dones: np.ndarray) -> bool:
+    def _copy_actions(self, actions: Any) -> None:
+        if actions is None:
+            return
+        filled = self._filled
+        if filled < self._FOLD_EVERY and getattr(actions, "shape", None) == self._shape:
+            self._taken[filled] = actions  # one copy of a few numbers into a buffer reused all run
+            self._filled = filled + 1
+        else:
+            self._take_slowly(actions)
+
+    def _episodes_ended(self, guard: Guard, dones: Any) -> bool:
+        dones = np.asarray(dones).reshape(-1)
+        ended = np.flatnonzero(dones)
+        if not len(ended):  # a new shape or dtype of `dones`: remember what "none ended" looks like
+            self._none_done = dones.tobytes()
+            return True
         infos = self.locals.get("infos") or []
-        for index in np.flatnonzero(dones):
+        self._stepping = True  # a save now also counts this step's actions (not in the rollout buffer yet)
+        try:
+            return self._count_episodes(guard, ended, infos)
+        finally:
+            self._stepping = False
+
+    def _count_episodes(self, guard: Guard, ended: np.ndarray, infos: list[dict[str, Any]]) -> bool:
+        for index in ended:
             episode_info = infos[index].get("episode") if index < len(infos) else None
             if episode_info is not None:
                 self.rewards.append(float(episode_info["r"]))
@@ -126,6 +164,20 @@ class GuardCallback(BaseCallback):
             if not more:
                 return False
         return True
+
+    def _count_rollout(self, current: Any) -> None:
+        """Count the rollout buffer's rows not counted yet, and ``current`` (the actions of the step being
+        taken, which the algorithm adds to the buffer only after this callback)."""
+        buffer = self._rollout
+        if buffer is None:
+            return
+        filled = buffer.buffer_size if buffer.full else buffer.pos
+        rows = buffer.actions[self._counted : filled]
+        if current is not None:
+            rows = np.concatenate([rows.reshape(-1), np.asarray(current).reshape(-1)])
+            filled += 1
+        self._counted = filled
+        self._add_counts(rows)
 
     def _take_slowly(self, actions: Any) -> None:
         """The buffer is full, or this is the first step (or the actions changed shape): count what is in
@@ -140,14 +192,19 @@ class GuardCallback(BaseCallback):
 
     def _fold(self) -> None:
         if self._filled:
-            values, counts = np.unique(self._taken[: self._filled], return_counts=True)
+            self._add_counts(self._taken[: self._filled])
             self._filled = 0
+
+    def _add_counts(self, actions: np.ndarray) -> None:
+        if actions.size:
+            values, counts = np.unique(actions, return_counts=True)
             for value, count in zip(values.tolist(), counts.tolist(), strict=True):
                 action = int(value)
                 self._counts[action] = self._counts.get(action, 0) + int(count)
 
     def _report_actions(self) -> None:
         self._fold()
+        self._count_rollout(self.locals.get("actions") if self._stepping else None)
         if self._counts:
             names = self.action_names
             self.guard.report(actions={names[a] if names else str(a): n for a, n in self._counts.items()})
