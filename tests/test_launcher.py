@@ -261,3 +261,16 @@ def test_a_second_launcher_is_refused_in_one_line_and_takeover_really_takes_over
         _, stderr = first.communicate(timeout=60)
     assert first.returncode == 3, stderr  # the replaced launcher stopped its child: its lease was lost
     assert "lease_lost" in stderr
+
+
+def test_a_guard_that_reads_the_launchers_config_starts_whatever_limits_the_file_sets(tmp_path: Path) -> None:
+    # `Guard.from_config()` in the child reads $TRAINGUARD_CONFIG, the launcher's effective config: it must
+    # parse for a file with no runtime limit (failsafes dumped with their defaults once made it refuse).
+    config = write_config(tmp_path, "effective", limits={"max_episodes": 5})
+    child = (
+        "from trainguard import Guard\nwith Guard.from_config() as g:\n    print('guarded', g.lease.token)"
+    )
+    command = _run("-c", str(config), "--", sys.executable, "-c", child)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "guarded 1" in done.stdout

@@ -122,7 +122,8 @@ class Launcher:
 
     def _effective_config_file(self, store_path: Path) -> Path:
         """The child's Guard reads exactly what the launcher enforces (file plus command-line overrides)."""
-        body = self.config.model_dump(mode="json", by_alias=True, exclude={"source"})
+        # Not the failsafes (checked here): their defaults would ask the child for limits the file never set.
+        body = self.config.model_dump(mode="json", by_alias=True, exclude={"source", "failsafes"})
         body["store"] = str(store_path)
         if self.config.source is not None:
             base = self.config.source.parent
