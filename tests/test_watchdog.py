@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from guard_support import write_config
 from support import helper_command, spawned, wait_until
 from trainguard import Registry
 from trainguard.registry import EventKind, ProcessIdentity, ProcessRole
-from trainguard.supervise import Evidence, SweepReport, Watchdog, marked_processes
+from trainguard.supervise import WATCHDOG_LOCK_WAIT, Evidence, SweepReport, Watchdog, marked_processes
 
 HEARTBEAT = 0.1
 FAST = {
@@ -129,7 +130,11 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: Path) 
 
 def test_a_hung_child_is_killed_for_heartbeat(tmp_path: Path) -> None:
     config = _config(tmp_path, "hung")
-    with stubborn(config, "--hang") as proc, Registry.open(_url(tmp_path)) as registry:
+    # Opened as `trainguard watchdog` opens it: the stopped child may hold SQLite's write lock.
+    with (
+        stubborn(config, "--hang") as proc,
+        Registry.open(_url(tmp_path), lock_wait=WATCHDOG_LOCK_WAIT) as registry,
+    ):
         _read_until(proc, "hanging")
         report = _sweep_until_found(Watchdog(registry, interval=0.1, grace=0.3))
         assert report.findings[0].reason == "heartbeat"
@@ -266,3 +271,43 @@ def test_a_child_spawned_during_a_sweep_is_not_mistaken_for_an_orphan(
             for child in children:
                 child.kill()
                 child.wait()
+
+
+def test_a_registry_that_takes_no_writes_does_not_save_a_hung_child(tmp_path: Path) -> None:
+    # A frozen process can hold SQLite's write lock forever (stopped mid-transaction): the watchdog's own
+    # writes then fail, and it must still judge from what it reads and act by signals.
+    config = _config(tmp_path, "locked")
+    database = tmp_path / "store" / ".trainguard" / "registry.db"
+    holder = (
+        "import sqlite3, sys, time\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=2)\n"
+        "try:\n"
+        "    db.execute('BEGIN IMMEDIATE')\n"
+        "except sqlite3.OperationalError:\n"
+        "    print('held already', flush=True)\n"  # by the stopped child itself, mid-transaction
+        "else:\n"
+        "    print('locked', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    with stubborn(config, "--hang") as proc, Registry.open(_url(tmp_path), lock_wait=0.5) as registry:
+        _read_until(proc, "hanging")
+        with spawned([sys.executable, "-c", holder, str(database)], stdout=subprocess.PIPE) as lock:
+            assert lock.stdout is not None and lock.stdout.readline()
+            probe = sqlite3.connect(database, isolation_level=None, timeout=0.2)
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                probe.execute("BEGIN IMMEDIATE")  # the precondition: nobody can write now
+            probe.close()
+            report = _sweep_until_found(Watchdog(registry, interval=0.1, grace=0.3))
+            assert report.findings[0].reason == "heartbeat"
+            proc.wait(timeout=10)  # killed although neither its lease nor an event could be written
+            assert proc.returncode == -9
+        # With the lock released (the holder gone, or the stopped child itself killed), a sweep revokes the
+        # dead child's lease if the first one could not.
+        watchdog = Watchdog(registry, interval=0.1, grace=0.3)
+
+        def revoked() -> bool:
+            watchdog.sweep()
+            lease = registry.lease_info("locked")
+            return lease is not None and lease.state == "revoked"
+
+        wait_until(revoked, timeout=20)

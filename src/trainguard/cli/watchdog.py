@@ -74,7 +74,7 @@ def _notifier(args: argparse.Namespace) -> Notifier | None:
 
 
 def cmd_watchdog(args: argparse.Namespace) -> int:
-    from trainguard.supervise import Watchdog, WatchdogMetrics
+    from trainguard.supervise import WATCHDOG_LOCK_WAIT, Watchdog, WatchdogMetrics
 
     interval = duration_arg("--interval", args.interval)
     if args.metrics_port is not None and not 1 <= args.metrics_port <= 65535:
@@ -97,7 +97,7 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
-    with Registry.open(url) as registry:
+    with Registry.open(url, lock_wait=WATCHDOG_LOCK_WAIT) as registry:
         watch = [Path(d) for d in args.watch_dir]
         watchdog = Watchdog(
             registry,

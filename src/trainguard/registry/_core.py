@@ -38,13 +38,19 @@ class RegistryCore:
     in one transaction."""
 
     def __init__(
-        self, engine: Engine, url: str, clock: RegistryClock | None = None, *, mode: OpenMode = "create"
+        self,
+        engine: Engine,
+        url: str,
+        clock: RegistryClock | None = None,
+        *,
+        mode: OpenMode = "create",
+        lock_wait: float | None = None,
     ) -> None:
         self.engine = engine
         self.url = redact(url)
         self.mode = mode
         self.dialect = engine.dialect.name
-        self._relaxed_engine = create_registry_engine(url, relaxed=True, mode=mode)
+        self._relaxed_engine = create_registry_engine(url, relaxed=True, mode=mode, lock_wait=lock_wait)
         self.clock = clock or RegistryClock.for_dialect(self.dialect)
         self._identity: ProcessIdentity | None = None
         try:
@@ -55,15 +61,24 @@ class RegistryCore:
         self._file = _file_identity(url) if self.dialect == "sqlite" else None
 
     @classmethod
-    def open(cls, url: str, *, clock: RegistryClock | None = None, mode: OpenMode = "create") -> Self:
+    def open(
+        cls,
+        url: str,
+        *,
+        clock: RegistryClock | None = None,
+        mode: OpenMode = "create",
+        lock_wait: float | None = None,
+    ) -> Self:
         """Open the registry at ``url`` (``sqlite:///PATH`` or ``postgresql://...``). ``mode``: ``create``
         (the file and schema if needed), ``existing`` (it must exist: :class:`RegistryNotFound` otherwise) or
-        ``read`` (it must exist, and this connection never writes)."""
+        ``read`` (it must exist, and this connection never writes). ``lock_wait`` (SQLite): how long a
+        transaction waits for another's lock before it fails (default a minute; the watchdog waits less,
+        since the holder may be the frozen process it is there to kill)."""
         if mode not in OPEN_MODES:
             raise InvalidArgument("mode", mode, f"must be one of {', '.join(OPEN_MODES)}")
-        engine = create_registry_engine(url, mode=mode)
+        engine = create_registry_engine(url, mode=mode, lock_wait=lock_wait)
         try:
-            return cls(engine, url, clock, mode=mode)
+            return cls(engine, url, clock, mode=mode, lock_wait=lock_wait)
         except BaseException:
             engine.dispose()
             raise

@@ -47,7 +47,20 @@ def redact(url: str) -> str:
         return url
 
 
-def create_registry_engine(url: str, *, relaxed: bool = False, mode: OpenMode = "create") -> Engine:
+# libpq connection parameters (seconds; tcp_user_timeout in ms: how long sent data may stay unacknowledged).
+_NETWORK_BOUNDS: dict[str, int] = {
+    "connect_timeout": 2,  # libpq's smallest
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 2,
+    "tcp_user_timeout": 2000,
+}
+
+
+def create_registry_engine(
+    url: str, *, relaxed: bool = False, mode: OpenMode = "create", lock_wait: float | None = None
+) -> Engine:
     """``mode``: see the module's doc. ``relaxed`` gives connections whose commits do not wait for the disk
     (SQLite ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit=off``): still atomic and consistent, but
     the newest transactions may be lost on power failure. Only lease renewals use it - see
@@ -56,7 +69,8 @@ def create_registry_engine(url: str, *, relaxed: bool = False, mode: OpenMode = 
     parsed = make_url(target)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return _sqlite_engine(target, parsed.database, "NORMAL" if relaxed else "FULL", mode)
+        wait = SQLITE_BUSY_TIMEOUT_S if lock_wait is None else lock_wait
+        return _sqlite_engine(target, parsed.database, "NORMAL" if relaxed else "FULL", mode, wait)
     if backend == "postgresql":  # the driver is psycopg (checked by registry_url)
         require("psycopg", "a PostgreSQL registry")
         # No pool_pre_ping: it costs a round trip per transaction (a third of a renewal). A connection that
@@ -65,13 +79,18 @@ def create_registry_engine(url: str, *, relaxed: bool = False, mode: OpenMode = 
         options = ["-c synchronous_commit=off"] if relaxed else []
         if mode == "read":
             options.append("-c default_transaction_read_only=on")
-        connect_args = {"options": " ".join(options)} if options else {}
+        connect_args: dict[str, Any] = {"options": " ".join(options)} if options else {}
+        # What the URL does not set itself: bounds on a network that drops packets (a partition sends no
+        # RST). Unbounded, a renewal on a dead connection waits out the kernel's retransmissions (~15 min)
+        # and a connect its SYN retries (~2 min) - longer than any lease, so its holder could not fence
+        # itself in time. Bounded, each attempt fails within seconds and is retried at the next beat.
+        connect_args |= {key: value for key, value in _NETWORK_BOUNDS.items() if key not in parsed.query}
         return create_engine(target, pool_size=2, max_overflow=4, connect_args=connect_args)
     rule = f"backend {backend!r} is not supported; use sqlite or postgresql"
     raise InvalidArgument("registry", redact(url), rule)
 
 
-def _sqlite_engine(url: str, database: str | None, synchronous: str, mode: OpenMode) -> Engine:
+def _sqlite_engine(url: str, database: str | None, synchronous: str, mode: OpenMode, wait: float) -> Engine:
     if not database or database == ":memory:":
         raise RegistryError(
             url, "an in-memory SQLite registry cannot be shared between processes; give a file"
@@ -89,9 +108,9 @@ def _sqlite_engine(url: str, database: str | None, synchronous: str, mode: OpenM
             redact(url), "no such registry file (only a writer creates one; check the path or --store)"
         )
     if mode == "read":
-        engine = create_engine("sqlite://", creator=lambda: _read_only_connection(path))
+        engine = create_engine("sqlite://", creator=lambda: _read_only_connection(path, wait))
     else:
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "isolation_level": None})
+        engine = create_engine(url, connect_args={"timeout": wait, "isolation_level": None})
 
     @event.listens_for(engine, "connect")
     def _configure(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
@@ -100,7 +119,7 @@ def _sqlite_engine(url: str, database: str | None, synchronous: str, mode: OpenM
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -111,14 +130,12 @@ def _sqlite_engine(url: str, database: str | None, synchronous: str, mode: OpenM
     return engine
 
 
-def _read_only_connection(path: Path) -> sqlite3.Connection:
+def _read_only_connection(path: Path, wait: float) -> sqlite3.Connection:
     """``mode=ro``; on a read-only filesystem also ``immutable=1``, because a WAL database otherwise needs
     to create its ``-shm`` file to be read, and nobody can change the file there anyway."""
     immutable = "&immutable=1" if os.statvfs(path).f_flag & os.ST_RDONLY else ""
     uri = f"file:{quote(str(path.resolve()))}?mode=ro{immutable}"
-    return sqlite3.connect(
-        uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-    )
+    return sqlite3.connect(uri, uri=True, timeout=wait, isolation_level=None, check_same_thread=False)
 
 
 __all__ = [

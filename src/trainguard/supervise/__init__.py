@@ -7,6 +7,7 @@ from __future__ import annotations
 from trainguard._os.identity import is_same_process_alive
 from trainguard.supervise._membership import Membership
 from trainguard.supervise._procs import Evidence, holders_under, marked_processes
+from trainguard.supervise._registry_access import WATCHDOG_LOCK_WAIT
 from trainguard.supervise._rogue_writes import ForeignWrite, watch_writers
 from trainguard.supervise._writers import Write, WriteMonitor
 from trainguard.supervise.ladder import LadderResult, Target, run_ladder
@@ -16,6 +17,7 @@ from trainguard.supervise.scan import StoreFindings, Suspect, scan_store
 from trainguard.supervise.watchdog import Finding, SweepReport, Violation, Watchdog
 
 __all__ = [
+    "WATCHDOG_LOCK_WAIT",
     "Evidence",
     "Finding",
     "ForeignWrite",

@@ -22,12 +22,14 @@ from typing import Any
 from trainguard._os.identity import ProcessIdentity
 from trainguard._os.resources import tree_bytes, tree_rss
 from trainguard.budget import Budget, EffectiveLimits, heartbeat_interval, over_ceiling, overruns
+from trainguard.errors import RegistryError
 from trainguard.notify import Notifier
 from trainguard.registry import EventKind, LeaseInfo, LeaseState, ProcessRole, Registry, RunRecord
 from trainguard.supervise import _descendants
 from trainguard.supervise._cgroup import RunCgroup, parse_name
 from trainguard.supervise._linux import require_linux
 from trainguard.supervise._membership import Membership
+from trainguard.supervise._registry_access import reading_twin, record_event, revoke_lease
 from trainguard.supervise._rogue_writes import ForeignWrite, foreign_writes, watched_folders
 from trainguard.supervise._snapshot import Snapshot
 from trainguard.supervise._writers import WriteMonitor
@@ -99,6 +101,7 @@ class Watchdog:
         self.notifier = notifier  # rogue findings and stops, as they are recorded
         self.watch_dirs = list(watch_dirs or [])  # folders outside any store to name writers in
         self._writes: WriteMonitor | None = None  # started at the first sweep; sees writes between sweeps
+        self._read_only: Registry | None = None
         require_linux("trainguard watchdog")  # /proc is what it judges by
         self.me = ProcessIdentity.current()
 
@@ -106,8 +109,13 @@ class Watchdog:
 
     def sweep(self) -> SweepReport:
         report = SweepReport()
-        self.registry.watchdog_beat(self.me, self.interval, {"dry_run": self.dry_run})
-        snapshot = report.snapshot = Snapshot.take(self.registry)
+        try:
+            self.registry.watchdog_beat(self.me, self.interval, {"dry_run": self.dry_run})
+        except RegistryError as error:
+            # A registry that takes no writes (a frozen process holding SQLite's write lock, a database
+            # that is down) must not stop the sweep: it judges from what it can read and acts by signals.
+            log.warning("trainguard watchdog: its beat was not recorded: %s", error)
+        snapshot = report.snapshot = Snapshot.take(self._reader())
         for run in snapshot.runs:
             finding = self.check_run(snapshot, run)
             if finding is not None:
@@ -229,7 +237,7 @@ class Watchdog:
         for seen in snapshot.marked:
             # Only marks this registry can vouch for: a run it knows, launched with a token. A stray
             # TRAINGUARD_RUN_ID in someone's shell, or a run of another registry, is none of our business.
-            mark = seen.run_mark(self.registry.registry_id)
+            mark = seen.run_mark(self._reader().registry_id)
             if mark is None or mark[0] not in known or mark[1] is None:
                 continue
             key = (mark[0], mark[1])
@@ -314,7 +322,16 @@ class Watchdog:
             )
         return findings
 
+    def _reader(self) -> Registry:
+        """What the sweep reads through (see ``_registry_access.reading_twin``)."""
+        if self._read_only is None:
+            self._read_only = reading_twin(self.registry) or self.registry
+        return self._read_only
+
     def close(self) -> None:
+        if self._read_only is not None and self._read_only is not self.registry:
+            self._read_only.close()
+        self._read_only = None
         if self._writes is not None:
             self._writes.close()
             self._writes = None
@@ -322,11 +339,12 @@ class Watchdog:
     # -- acting -----------------------------------------------------------------------------------
 
     def _membership(self, run: str) -> Membership:
-        record = self.registry.run_info(run)
+        record = self._reader().run_info(run)
         store = Path(record.store) if record is not None and record.store else None
-        return Membership(run, store, self.registry.registry_id)
+        return Membership(run, store, self._reader().registry_id)
 
     def act(self, finding: Finding, grace: float) -> LadderResult | None:
+        why = f"{finding.reason}: {finding.detail}"
         detail = {
             "reason": finding.reason,
             "evidence": finding.evidence,
@@ -335,43 +353,39 @@ class Watchdog:
         }
         if self.notifier is not None and not self.dry_run:
             kind = "rogue" if finding.reason is Violation.ROGUE else "stop"
-            self.notifier.send(
-                kind, finding.run, f"watchdog: {finding.reason}: {finding.detail}", act=finding.act
-            )
+            self.notifier.send(kind, finding.run, f"watchdog: {why}", act=finding.act)
         if not finding.act:
-            self.registry.add_event(
-                finding.run,
-                EventKind.WATCHDOG_REPORT,
-                reason=f"{finding.reason}: {finding.detail}",
-                detail=detail,
-            )
+            record_event(self.registry, finding.run, EventKind.WATCHDOG_REPORT, why, detail)
             return None
         if self.dry_run:
-            self.registry.add_event(
+            record_event(
+                self.registry,
                 finding.run,
                 EventKind.WATCHDOG_WOULD_STOP,
-                reason=f"{finding.reason}: {finding.detail}",
-                detail={
+                why,
+                {
                     **detail,
                     "would": ["revoke lease"] * finding.revoke
                     + ["SIGTERM", f"grace {grace:g}s", "SIGKILL", "verify"],
                 },
             )
             return None
-        if finding.revoke:
-            self.registry.revoke(finding.run, f"watchdog: {finding.reason}: {finding.detail}")
+        revoked = not finding.revoke or revoke_lease(self.registry, finding.run, f"watchdog: {why}")
         # Rows only say which processes to look at: each is checked from the kernel's side first.
         allow = self._membership(finding.run).refusal
         ladder = run_ladder(finding.targets, grace=grace, allow=allow) if finding.targets else None
+        if not revoked:  # once more: the frozen process that held the registry's lock may be the one killed
+            revoke_lease(self.registry, finding.run, f"watchdog: {why}")
         if finding.reason is Violation.ORPHAN:
             _remove_run_cgroups(finding)  # the launcher that made them died without tidying up
         signals = sorted({name for _, name in ladder.signals}) if ladder else []
         refused = bool(ladder and ladder.skipped and not ladder.signals)
-        self.registry.add_event(
+        record_event(
+            self.registry,
             finding.run,
             EventKind.WATCHDOG_REPORT if refused else EventKind.WATCHDOG_STOPPED,
-            reason=f"{finding.reason}: {finding.detail}" + ("; nothing signalled" if refused else ""),
-            detail={**detail, "signals": signals, "ladder": ladder.as_dict() if ladder else None},
+            why + ("; nothing signalled" if refused else ""),
+            {**detail, "signals": signals, "ladder": ladder.as_dict() if ladder else None},
         )
         log.warning(
             "trainguard watchdog: %s %s: %s (%s)",
