@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "trainguard.guard": 5,
     "trainguard.supervise": 6,
     "trainguard.integrations": 6,
+    "trainguard.distributed": 6,
     "trainguard": 7,  # the package's own __init__: the public names
     "trainguard.cli": 8,
     "trainguard.__main__": 9,

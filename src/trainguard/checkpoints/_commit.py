@@ -25,7 +25,13 @@ from trainguard.checkpoints._durable import (
 )
 from trainguard.checkpoints._quarantine import free_entry, quarantine_path
 from trainguard.checkpoints._tree import UnsupportedValue
-from trainguard.checkpoints.codecs import AdoptedFile, NonFiniteValues, validate_staged, write_state
+from trainguard.checkpoints.codecs import (
+    AdoptedFile,
+    FileRecord,
+    NonFiniteValues,
+    validate_staged,
+    write_state,
+)
 from trainguard.checkpoints.layout import StagingName, staging_root
 from trainguard.checkpoints.manifest import MANIFEST_FILE, Manifest
 from trainguard.checkpoints.signing import SIGNATURE_FILE, signature_bytes
@@ -44,7 +50,7 @@ from trainguard.registry import CheckpointRecord, CommitVerdict, EventKind, Leas
 
 @dataclass(frozen=True)
 class SaveRequest:
-    state: object
+    state: object  # None for files another writer staged (commit_staged)
     episode: int
     lease: Lease
     name: str
@@ -62,9 +68,27 @@ def commit(store: StoreContext, request: SaveRequest) -> CheckpointRecord:
     ``CommitRefused``/``CommitFenced`` (nothing committed, staged files kept as evidence),
     ``CheckpointRejected`` (validation; nothing committed) or ``CheckpointWriteError`` naming the step and
     whether the registry had already decided."""
+    check_commit(store, request)
+    staging = stage(store, request.name, request.lease)
+    try:
+        # 3. files: written from the state's memory, hashed on the way, fsynced
+        fmt = "torch" if isinstance(request.state, AdoptedFile) else store.format
+        files = write_state(request.state, staging, fmt=fmt, check_finite=store.validation.finite)
+    except StepFailed as failed:
+        remove_tree(staging, root=store.root)
+        raise CheckpointWriteError(failed.step, failed.path, failed.cause) from failed.cause
+    except (NonFiniteValues, UnsupportedValue, ValueError, TypeError) as error:
+        remove_tree(staging, root=store.root)
+        raise CheckpointRejected(request.name, str(error)) from error
+    except BaseException:
+        remove_tree(staging, root=store.root)
+        raise
+    return commit_staged(store, request, staging, files, fmt)
+
+
+def check_commit(store: StoreContext, request: SaveRequest) -> None:
+    """Step 1: fail fast on what this process already knows (the registry re-checks all of it in step 6)."""
     registry, run, lease = store.registry, store.run, request.lease
-    writer = registry.identity
-    # 1. fail fast on what this process already knows (the registry re-checks all of it in step 6)
     lease.check()
     if (gone := registry.replaced()) is not None:  # committing into a deleted registry commits nothing
         lease.lost_reason = gone
@@ -80,18 +104,33 @@ def commit(store: StoreContext, request: SaveRequest) -> CheckpointRecord:
             token=lease.token,
             checkpoint=request.name,
             reason=reason,
-            detail={"episode": request.episode, "writer": writer.as_dict(), "stage": "local"},
+            detail={"episode": request.episode, "writer": registry.identity.as_dict(), "stage": "local"},
         )
         raise CommitRefused(run, request.name, lease.token, reason)
 
-    # 2. stage on the same filesystem as the final place, named after its writer
-    staging = staging_root(store.root) / StagingName.new(request.name, writer, lease.token)
+
+def stage(store: StoreContext, name: str, lease: Lease) -> Path:
+    """Step 2: a staging directory on the same filesystem as the final place, named after its writer (so
+    recovery can tell when it is abandoned) and the token it writes under."""
+    staging = staging_root(store.root) / StagingName.new(name, store.registry.identity, lease.token)
     try:
         make_dir(staging, root=store.root, step="stage")
     except StepFailed as failed:
         raise CheckpointWriteError(failed.step, failed.path, failed.cause) from failed.cause
+    return staging
+
+
+def commit_staged(
+    store: StoreContext, request: SaveRequest, staging: Path, files: list[FileRecord], fmt: str
+) -> CheckpointRecord:
+    """Steps 4-7 for ``files``, already durable in ``staging`` (written by :func:`commit`, or by the ranks
+    of a distributed save). The staging directory is removed if anything fails before the registry
+    decides, set aside as evidence if the registry refuses, rolled forward if it accepts."""
+    registry, run, lease = store.registry, store.run, request.lease
+    writer = registry.identity
     try:
-        manifest, manifest_hash = _write_staged(store, request, staging, writer.as_dict())
+        written = _write_manifest(store, request, staging, files, fmt, writer=writer.as_dict())
+        manifest, manifest_hash = written
     except BaseException:
         remove_tree(staging, root=store.root)
         raise
@@ -165,13 +204,16 @@ def _decide(
         raise CheckpointWriteError("registry", str(staging), cause) from cause
 
 
-def _write_staged(
-    store: StoreContext, request: SaveRequest, staging: Path, writer: dict[str, Any]
+def _write_manifest(
+    store: StoreContext,
+    request: SaveRequest,
+    staging: Path,
+    files: list[FileRecord],
+    fmt: str,
+    *,
+    writer: dict[str, Any],
 ) -> tuple[Manifest, str]:
     try:
-        # 3. files: written from the state's memory, hashed on the way, fsynced
-        fmt = "torch" if isinstance(request.state, AdoptedFile) else store.format
-        files = write_state(request.state, staging, fmt=fmt, check_finite=store.validation.finite)
         manifest = Manifest(
             run=store.run,
             name=request.name,
@@ -239,4 +281,4 @@ def _set_aside(
     )
 
 
-__all__ = ["SaveRequest", "commit"]
+__all__ = ["SaveRequest", "check_commit", "commit", "commit_staged", "stage"]

@@ -15,7 +15,7 @@ from trainguard._os.mapping import ChangedWhileVerified, VerifiedMap, map_and_ha
 from trainguard.checkpoints.codecs import FileRecord, read_state
 from trainguard.checkpoints.manifest import MANIFEST_FILE, Manifest
 from trainguard.checkpoints.signing import SIGNATURE_FILE, Signing, check_signature
-from trainguard.errors import CorruptCheckpoint
+from trainguard.errors import CorruptCheckpoint, InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,13 @@ def load_dir(
     private memory while it is hashed (slower; immune to anything done to the file afterwards)."""
     name = expected.name
     manifest = read_manifest(expected, directory)
+    if manifest.format == "dcp":
+        raise InvalidArgument(
+            "checkpoint",
+            name,
+            "is a torch.distributed.checkpoint (DCP) checkpoint: load it with dcp.load(state, "
+            "storage_reader=trainguard.distributed.Reader(store, name))",
+        )
     contents: dict[str, np.ndarray] = {}
     maps: dict[str, VerifiedMap] = {}
     for record in manifest.files:
@@ -146,6 +153,11 @@ def _verified(
     if len(data) != record.bytes or digest != record.hash:
         raise CorruptCheckpoint(name, str(path), f"hash {digest} does not match the manifest's {record.hash}")
     return data
+
+
+def verified_bytes(name: str, directory: Path, record: FileRecord) -> np.ndarray:
+    """One file's bytes, mapped (else read) and hashed before anyone sees them."""
+    return _verified(name, directory, record, {})
 
 
 def _map_or_none(path: Path) -> VerifiedMap | None:
@@ -184,4 +196,13 @@ def check_maps(name: str, manifest: Manifest, maps: dict[str, VerifiedMap]) -> N
         verified.identity = identity  # the same content under new metadata (a touch): verified again
 
 
-__all__ = ["Expected", "Problem", "VerifyReport", "check_maps", "load_dir", "read_manifest", "verify_dir"]
+__all__ = [
+    "Expected",
+    "Problem",
+    "VerifyReport",
+    "check_maps",
+    "load_dir",
+    "read_manifest",
+    "verified_bytes",
+    "verify_dir",
+]

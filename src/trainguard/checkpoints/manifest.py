@@ -107,7 +107,9 @@ class Manifest:
 
 
 _MAX_COUNT = 2**63 - 1  # what the registry can store
-_CODECS = frozenset({"safetensors", "json", "torch"})
+# dcp-*: a torch.distributed.checkpoint save (trainguard.distributed): raw tensor shards, the JSON index that
+# replaces DCP's pickled .metadata, and each rank's record of what it wrote.
+_CODECS = frozenset({"safetensors", "json", "torch", "dcp-shard", "dcp-index", "dcp-rank"})
 
 
 def _text(body: dict[str, Any], key: str, *, optional: bool = False) -> Any:
