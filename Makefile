@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo incident test lint unit stress crash-states bench clean
+.PHONY: demo incident drill-hosts test lint unit stress crash-states bench bench-dcp clean
 
 # The main job: a EUR/USD agent trained under every guard (about two minutes on two cores).
 demo: $(STAMP)
@@ -15,6 +15,10 @@ demo: $(STAMP)
 # The incident drill: a rogue trainer with a stale token and changed features, and every defence.
 incident: $(STAMP)
 	$(BIN)/python -m examples.swt.incident_drill
+
+# Two hosts (network namespaces, root), a PostgreSQL registry of its own, host A partitioned (issue 13).
+drill-hosts: $(STAMP)
+	$(BIN)/python stress/hosts_drill.py
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +44,9 @@ crash-states: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_store.py
 	$(BIN)/python benchmarks/bench_leases.py
+
+bench-dcp: $(STAMP)
+	$(BIN)/python -m torch.distributed.run --standalone --nproc-per-node 4 benchmarks/bench_dcp.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

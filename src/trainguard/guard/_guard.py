@@ -177,6 +177,16 @@ class Guard(GuardState):
             log.error("trainguard: lease of run %r lost (%s): stopping", self._run, reason)
         self.request_stop(StopReason.LEASE_LOST, reason)
 
+    def _lease_lapsed(self) -> bool:
+        """The lease's ttl passed without a renewal: nothing this process writes could commit any more. The
+        monitor fences on its beat, but a beat can be blocked on an unreachable registry (a partition drops
+        packets; each attempt waits out the connection's timeout), so the training thread checks too."""
+        session = self._session
+        if session is None or session.lease.held_locally or self._fenced is not None:
+            return False
+        self._fence(f"not renewed within its ttl of {session.lease.ttl:g}s (registry unreachable)")
+        return True
+
     def _must_stop_now(self) -> bool:
         stop = self._stop
         return stop is not None and (not stop.graceful or not self._in_episode_loop)
@@ -191,7 +201,7 @@ class Guard(GuardState):
         self._in_episode_loop = True
         try:
             while True:
-                if self._stop is not None:
+                if self._stop is not None or self._lease_lapsed():
                     return
                 if (stop := account.begin_episode(episode)) is not None:
                     self._take(stop)
@@ -213,7 +223,7 @@ class Guard(GuardState):
         ``should_checkpoint`` ask for a final checkpoint) or another stop was requested."""
         account = self._require_session().account
         episode = (self._episode if self._episode is not None else self._default_start() - 1) + 1
-        if self._stop is not None and not self._stop.graceful:
+        if self._lease_lapsed() or (self._stop is not None and not self._stop.graceful):
             return False
         if (stop := account.begin_episode(episode)) is not None:
             self._take(stop)
@@ -233,7 +243,7 @@ class Guard(GuardState):
         return True
 
     def _tick_slow(self) -> bool:
-        if self._must_stop_now():
+        if self._lease_lapsed() or self._must_stop_now():
             return False
         account = self._require_session().account
         if (stop := account.reserve_steps(self._steps)) is not None:
@@ -349,6 +359,12 @@ class Guard(GuardState):
             self._resumed = loaded
             return loaded
         return None
+
+    @property
+    def next_episode(self) -> int:
+        """Where a loop the Guard does not drive starts: after the resumed checkpoint, else after the
+        episodes the run has spent (cumulative across restarts)."""
+        return self._default_start()
 
     def _default_start(self) -> int:
         if self._resumed is not None:
