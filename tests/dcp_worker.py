@@ -93,7 +93,7 @@ def main() -> int:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh("cpu", (world,))
-    seen: dict[str, Any] = {"rank": rank, "world": world}
+    seen: dict[str, Any] = {"rank": rank, "world": world, "pid": os.getpid()}
     try:
         if mode == "job":
             seen.update(job(root, mesh, options))
@@ -172,9 +172,12 @@ def saves(mode: str, root: Path, mesh: Any, options: dict[str, Any], rank: int) 
 def job(root: Path, mesh: Any, options: dict[str, Any]) -> dict[str, Any]:
     """A guarded training loop: one lease for the job, the budget charged once, the stop agreed."""
     seen: dict[str, Any] = {"episodes": []}
-    make = lambda: Guard(  # noqa: E731 - called on the coordinating rank only
-        run=RUN, store=str(root), install_signal_handlers=True, **options.get("guard", {})
-    )
+
+    def make() -> Guard:  # called on the coordinating rank only
+        if options.get("from_config"):  # under `trainguard run`: the launcher's config and lease
+            return Guard.from_config()
+        return Guard(run=RUN, store=str(root), install_signal_handlers=True, **options.get("guard", {}))
+
     with JobGuard(make) as jg:
         seen["token"] = jg.token
         state = sharded(full_state(1), mesh)

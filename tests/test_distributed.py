@@ -171,3 +171,57 @@ def test_one_lease_per_job_and_every_rank_stops_at_the_same_episode(tmp_path: Pa
     with _store(root) as store:
         assert store.registry.run(RUN).episodes_spent == 6
         assert [r.name for r in store.checkpoints()] == ["ep00000002-t1", "ep00000004-t2", "ep00000006-t2"]
+
+
+def test_trainguard_run_supervises_a_torchrun_job_that_adopts_its_lease(tmp_path: Path) -> None:
+    root, out = tmp_path / "store", tmp_path / "out"
+    out.mkdir()
+    config = tmp_path / "guard.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "run": RUN,
+                "store": str(root),
+                "limits": {"max_episodes": 4},
+                "checkpoints": {"every_episodes": 2},
+                "monitoring": {"heartbeat_interval": "0.5s", "lease_ttl": "5s"},
+            }
+        )
+    )
+    torchrun_command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        str(WORKER), "job", str(root), str(out), json.dumps({"from_config": True}),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + str(REPO), "OMP_NUM_THREADS": "1"}
+    env |= {"GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
+    command = [sys.executable, "-m", "trainguard", "run", "-c", str(config), "--", *torchrun_command]
+    with (out / "run.log").open("wb") as sink:
+        launcher = subprocess.Popen(
+            command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            launcher.wait(timeout=180)
+        finally:
+            if launcher.poll() is None:
+                os.killpg(launcher.pid, signal.SIGKILL)
+                launcher.wait()
+    log = (out / "run.log").read_text()
+    assert launcher.returncode == 3, log[-3000:]  # a guard rule (the budget) ended it, as designed
+    assert "stopped (episodes) by the Guard in the child" in log
+    seen = [json.loads((out / f"rank-{r}.json").read_text()) for r in range(2)]
+    assert [s.get("error") for s in seen] == [None, None], seen
+    assert [s["episodes"] for s in seen] == [[1, 2, 3, 4]] * 2 and [s["verdict"] for s in seen] == [
+        "DONE"
+    ] * 2
+    with _store(root) as store:
+        events = store.registry.events(RUN)
+        acquired = [e for e in events if e.kind == "lease_acquired"]
+        started = next(e for e in events if e.kind == "guard_started")
+        # one lease for the whole tree: the launcher's, adopted by the Guard on rank 0, known to rank 1
+        assert len(acquired) == 1 and started.detail["adopted"] and seen[1]["token"] == acquired[0].token
+        assert [r.name for r in store.checkpoints()] == ["ep00000002-t1", "ep00000004-t1"]
+    for rank in seen:  # the launcher reaped the whole tree: no rank outlives it
+        assert (
+            not Path(f"/proc/{rank['pid']}").exists()
+            or "zombie" in Path(f"/proc/{rank['pid']}/status").read_text()
+        )

@@ -3,6 +3,7 @@ refusal leaves behind. The multi-rank behaviour is tests/test_distributed.py."""
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,18 @@ def test_a_shard_changed_on_disk_is_refused_at_load(store: CheckpointStore) -> N
         dcp_load(target, storage_reader=Reader(store))
     assert isinstance(_errors(failed.value)[0], CorruptCheckpoint)
     assert all(not value.any() for value in target.values())  # nothing of the changed file was served
+
+
+def test_an_async_save_commits_when_its_future_completes(store: CheckpointStore) -> None:
+    from torch.distributed.checkpoint.state_dict_saver import async_save
+
+    lease = store.registry.acquire("one", ttl=30)
+    writer = Writer(store, lease, episode=6)
+    future = async_save(_state(), storage_writer=writer)  # DCP stages a copy, then writes on a thread
+    assert isinstance(future, Future)
+    future.result(timeout=60)
+    assert writer.committed is not None and [r.name for r in store.checkpoints()] == ["ep00000006-t1"]
+    assert store.verify("ep00000006-t1").ok
+    target = {key: torch.zeros_like(value) for key, value in _state().items()}
+    dcp_load(target, storage_reader=Reader(store))
+    assert all(torch.equal(target[k], v) for k, v in _state().items())
