@@ -181,6 +181,10 @@ def job(root: Path, mesh: Any, options: dict[str, Any]) -> dict[str, Any]:
     with JobGuard(make) as jg:
         seen["token"] = jg.token
         state = sharded(full_state(1), mesh)
+        restored = zeros_like(state)
+        seen["resumed"] = jg.load(restored)  # the newest committed checkpoint, if the run has one
+        if seen["resumed"] is not None:
+            seen["resumed_exact"] = exact(gathered(restored), full_state(1))
         for episode in jg.episodes():
             seen["episodes"].append(episode)
             if episode == options.get("signal_at") and jg.rank == options.get("signal_rank"):

@@ -165,6 +165,8 @@ def test_one_lease_per_job_and_every_rank_stops_at_the_same_episode(tmp_path: Pa
     # Restarted: the budget is the job's, charged once per episode (not once per rank), across restarts.
     second = torchrun(4, "job", root, out, {"guard": {"max_episodes": 6, "every_episodes": 2}})
     assert [s.get("error") for s in second] == [None] * 4, (out / "job.log").read_text()[-3000:]
+    assert [s["resumed"] for s in first] == [None] * 4  # a new run: nothing to load, on every rank
+    assert [(s["resumed"], s["resumed_exact"]) for s in second] == [("ep00000002-t1", True)] * 4
     assert [s["episodes"] for s in second] == [[4, 5, 6]] * 4
     assert [s["verdict"] for s in second] == ["DONE"] * 4 and second[0]["stop"] == "episodes"
     assert second[0]["saved"] == ["ep00000004-t2", "ep00000006-t2"]

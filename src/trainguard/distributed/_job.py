@@ -22,8 +22,11 @@ from typing import Any, Self
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
+from trainguard.checkpoints import LATEST, CheckpointStore
+from trainguard.distributed._reader import Reader
 from trainguard.distributed._writer import Writer
 from trainguard.errors import CommitFenced, LeaseLost, StateConflict
 from trainguard.guard import Guard, StopReason
@@ -58,6 +61,7 @@ class JobGuard:
         self.run = ""
         self.root = Path()
         self.token = 0
+        self.registry_url = ""
         self.start_episode = 1
         self.every_episodes: int | None = None
         self.verdict = Verdict.GO
@@ -74,6 +78,7 @@ class JobGuard:
                 facts = {
                     "run": guard.run,
                     "root": str(guard.store.root),
+                    "registry": guard.registry_url,
                     "token": guard.lease.token,
                     "start": guard.next_episode,
                     "every": guard.config.checkpoints.every_episodes,
@@ -86,6 +91,7 @@ class JobGuard:
         if "error" in facts:
             raise StateConflict("the job's Guard", facts["error"], "the coordinating rank could not start it")
         self.run, self.root, self.token = facts["run"], Path(facts["root"]), int(facts["token"])
+        self.registry_url = str(facts["registry"])
         self.start_episode, self.every_episodes = int(facts["start"]), facts["every"]
         if not self.coordinator:  # the coordinator's Guard already turns signals into a graceful stop
             for number in (signal.SIGTERM, signal.SIGINT):
@@ -146,7 +152,22 @@ class JobGuard:
         every = self.every_episodes
         return every is not None and every > 0 and episode % every == 0
 
-    # -- saves ---------------------------------------------------------------------------------------
+    # -- loads and saves -----------------------------------------------------------------------------
+
+    def load(self, state: dict[str, Any], name: str = LATEST) -> str | None:
+        """Load ``name`` (default: the newest committed checkpoint) into ``state`` in place on every rank
+        (collective; DCP reshards), every shard verified first; its name, or None when the run has no
+        checkpoint yet (then ``state`` is left as it is). Each rank reads through a read-only store."""
+        with CheckpointStore.open_existing(
+            self.root, run=self.run, registry=self.registry_url or None, read_only=True
+        ) as store:
+            present = torch.tensor([int(bool(store.checkpoints()))], dtype=torch.int64)
+            dist.all_reduce(present, op=dist.ReduceOp.MIN, group=self.group)  # all ranks load, or none
+            if name == LATEST and not present.item():
+                return None
+            reader = Reader(store, name)
+            dcp_load(state, storage_reader=reader, process_group=self.group)
+            return reader.name
 
     def writer(self, episode: int, **options: Any) -> Writer:
         """This rank's DCP writer for the save of ``episode``: the coordinator commits with the job's

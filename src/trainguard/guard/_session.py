@@ -53,11 +53,13 @@ class Session:
         adopted: bool,
         account: BudgetAccount,
         files: RunFiles,
+        registry_url: str = "",
     ) -> None:
         self.registry = registry
         self.store = store
         self.lease = lease
         self.adopted = adopted  # the lease was handed down by `trainguard run`: the launcher releases it
+        self.registry_url = registry_url  # as given (the Registry keeps only a redacted copy, for messages)
         self.account = account
         self.files = files
         self.heartbeat: Heartbeat | None = None
@@ -82,7 +84,8 @@ class Session:
         store_path = config.store_path()
         # Under `trainguard run` the launcher's registry, unless the config names one itself.
         handed_down = os.environ.get(environment.REGISTRY) if launched_for and not config.registry else None
-        registry = Registry.open(handed_down or config.registry_url())
+        url = handed_down or config.registry_url()
+        registry = Registry.open(url)
         lease: Lease | None = None
         adopted = False
         try:
@@ -117,6 +120,7 @@ class Session:
                 adopted=adopted,
                 account=account,
                 files=RunFiles(meta_directory(store.root), run),
+                registry_url=url,
             )
         except BaseException:
             if lease is not None and not adopted:

@@ -64,6 +64,12 @@ class GuardState:
         return self._require_session().registry
 
     @property
+    def registry_url(self) -> str:
+        """The registry's URL as configured (credentials included): for the job's other ranks, which open
+        the same registry to read (``trainguard.distributed``)."""
+        return self._require_session().registry_url
+
+    @property
     def store(self) -> CheckpointStore:
         return self._require_session().store
 
