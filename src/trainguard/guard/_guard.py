@@ -306,12 +306,14 @@ class Guard(GuardState):
         metrics: Mapping[str, Any] | None = None,
         episode: int | None = None,
         background: bool | None = None,
+        name: str | None = None,
     ) -> SaveResult:
         """Commit ``state`` through the fenced store with this guard's token and feature fingerprint.
 
         Returns a :class:`SaveResult` in either mode: in the background (``background=True``, or by default
         ``checkpoints.async``) the tensors are copied, the commit goes on on another thread, and
-        ``result()`` (or :meth:`wait_for_saves`) waits for it. Raises ``LeaseLost`` once the lease is gone,
+        ``result()`` (or :meth:`wait_for_saves`) waits for it. ``name``: the checkpoint's (default
+        ``ep{episode}-t{token}``; names are never reused). Raises ``LeaseLost`` once the lease is gone,
         and the error of an earlier background save that nobody has seen yet.
         """
         session = self._require_session()
@@ -325,7 +327,7 @@ class Guard(GuardState):
             merged["actions"] = dict(self._actions)
         assert session.saver is not None  # started with the session
         result = session.saver.save(
-            state, episode, merged, progressed=self._progressed, background=background
+            state, episode, merged, progressed=self._progressed, background=background, name=name
         )
         self._actions.clear()
         return result

@@ -95,6 +95,7 @@ class Saver:
         *,
         progressed: Callable[[], None],
         background: bool | None = None,
+        name: str | None = None,
     ) -> SaveResult:
         """Commit (or start committing) ``state``; ``progressed`` is called once the loop may go on.
         ``background``: this save in the background (or not); None: as ``checkpoints.async`` says."""
@@ -108,7 +109,9 @@ class Saver:
             "metrics": metrics,
             "features": self.features,
         }
-        name = default_name(episode, self.lease.token)
+        if name is not None:
+            kwargs["name"] = name
+        name = name or default_name(episode, self.lease.token)
         try:
             self.saving = True
             if self.background is not None and background is not False:

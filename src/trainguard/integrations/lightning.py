@@ -1,0 +1,200 @@
+"""PyTorch Lightning: checkpoints through the fenced store; budgets, lease and signals in the loop.
+
+    with tg.Guard.from_config("guard.yaml") as guard:
+        trainer = L.Trainer(
+            callbacks=[GuardCallback(guard), ModelCheckpoint(monitor="val_loss", save_top_k=2)],
+            plugins=[StoreCheckpointIO(guard)],
+        )
+        trainer.fit(model, ckpt_path=resume_path(guard))          # "trainguard:latest", or None for a new run
+
+``StoreCheckpointIO``: every checkpoint ``ModelCheckpoint`` (or ``trainer.save_checkpoint``) writes is
+committed by the Guard under its token (a stale process cannot commit); a removal hands the checkpoint to
+the store's retention instead of deleting it; the best one (``ModelCheckpoint.best_model_path``) is
+pinned, and the one a run resumed from is protected. Nothing is pickled: tensors go to safetensors, the
+rest (loops, callback state, hyper-parameters) to JSON; callback bookkeeping scalars that are not finite
+(``ModelCheckpoint``'s ``kth_value = inf`` before it has k checkpoints) are kept as tagged JSON values - the
+model's and optimizer's tensors must still be finite. Lightning's ``save_last="link"`` makes a symlink
+outside any checkpoint IO: use ``save_last=True``.
+
+``GuardCallback``: one optimizer step is one ``tick()`` (the step budget), one training epoch one episode;
+a stop (budget, lost lease, SIGTERM) is agreed across ranks (``strategy.reduce_boolean_decision``) and
+ends ``fit()`` after the current batch with a last checkpoint. A run whose budget is already spent stops
+before its first step. Strategies that bypass ``CheckpointIO`` (FSDP, DeepSpeed) are not covered: use
+:mod:`trainguard.distributed` for sharded saves.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+
+from trainguard.checkpoints import LATEST
+from trainguard.errors import InvalidArgument, MissingDependency
+from trainguard.guard import Guard, StopReason
+
+try:
+    from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+    from lightning.pytorch import Callback, LightningModule, Trainer
+except ImportError as error:  # an optional integration: say which extra brings it
+    raise MissingDependency("lightning", "lightning", "trainguard.integrations.lightning") from error
+
+PREFIX = "trainguard:"  # ckpt_path="trainguard:latest" or "trainguard:<checkpoint name>"
+_FLOAT_TAG = "__trainguard_float__"  # a non-finite scalar of callback state, kept in JSON
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def resume_path(guard: Guard) -> str | None:
+    """``ckpt_path`` for ``trainer.fit``: the run's newest committed checkpoint, or None for a new run."""
+    return f"{PREFIX}{LATEST}" if guard.store.checkpoints() else None
+
+
+class StoreCheckpointIO(CheckpointIO):
+    """Lightning's checkpoint IO, through the Guard's fenced store (see the module's doc)."""
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+        self.names: dict[str, str] = {}  # Lightning's path -> the store's checkpoint name
+        self._best: str | None = None  # the checkpoint this IO pinned as ModelCheckpoint's best
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        guard = self.guard
+        step = int(checkpoint.get("global_step", 0))
+        stem = _UNSAFE.sub("-", Path(str(path)).stem).strip("-.") or "checkpoint"
+        name = f"{stem}-s{step}-t{guard.lease.token}"
+        metrics = {"lightning_file": Path(str(path)).name, "global_step": step}
+        metrics |= {k: float(v) for k, v in _monitored(checkpoint).items() if math.isfinite(v)}
+        state, episode = _storable(checkpoint), guard.episode or 0
+        record = guard.save(state, episode=episode, metrics=metrics, background=False, name=name)
+        committed = record.result()
+        self.names[str(path)] = committed.name
+        self._pin_best(checkpoint, str(path), committed.name)
+
+    def _pin_best(self, checkpoint: dict[str, Any], path: str, name: str) -> None:
+        """Pin what ModelCheckpoint calls its best, so retention never takes it (and unpin the previous)."""
+        best = {state.get("best_model_path") for state in _model_checkpoints(checkpoint)}
+        if path not in best or name == self._best:
+            return
+        store = self.guard.store
+        store.pin(name, reason="ModelCheckpoint's best")
+        if self._best is not None:
+            store.unpin(self._best, reason="no longer ModelCheckpoint's best")
+        self._best = name
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        store = self.guard.store
+        text = str(path)
+        if text.startswith(PREFIX):
+            name = text.removeprefix(PREFIX) or LATEST
+        elif text in self.names:
+            name = self.names[text]
+        else:
+            raise InvalidArgument(
+                "ckpt_path", text, f"is not a checkpoint of the store: use {PREFIX}latest or {PREFIX}<name>"
+            )
+        loaded = store.load(name, mapped=False)  # a private copy: Lightning keeps references to it
+        store.registry.set_resumed_from(store.run, loaded.name)  # retention never takes the resume source
+        restored: dict[str, Any] = _restored(loaded.state)
+        return restored
+
+    def remove_checkpoint(self, path: Any) -> None:
+        """ModelCheckpoint no longer wants it: the store's retention decides (nothing is deleted here)."""
+        self.names.pop(str(path), None)
+
+    def teardown(self) -> None:
+        return None
+
+
+class GuardCallback(Callback):
+    """Budgets, the lease and signals in Lightning's loop (see the module's doc)."""
+
+    def __init__(self, guard: Guard, *, final_checkpoint: bool = True) -> None:
+        self.guard = guard
+        self.final_checkpoint = final_checkpoint
+        self.stopped_by_guard = False
+
+    def _agree(self, trainer: Trainer, stop: bool) -> None:
+        # Every rank must leave the loop at the same batch, or the others wait in a collective forever.
+        if trainer.strategy.reduce_boolean_decision(stop, all=False):
+            trainer.should_stop = True
+            self.stopped_by_guard = True
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Lightning's own SIGTERM handler (installed just before this hook, restored by its teardown) makes
+        # the loop raise SIGTERMException at the next batch: no last checkpoint. Ours asks the Guard for a
+        # graceful stop instead, which ends fit() after the current batch with one.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._agree(trainer, self.guard.stop is not None or not self.guard.tick(0))
+
+    def _on_sigterm(self, number: int, _frame: FrameType | None) -> None:
+        self.guard.request_stop(
+            StopReason.SIGNAL, f"signal {signal.Signals(number).name}: stopping after this batch"
+        )
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._agree(trainer, not self.guard.tick(1) or self.guard.stop is not None)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.stopped_by_guard:
+            self._agree(trainer, not self.guard.complete_episode())
+
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint["trainguard"] = {"run": self.guard.run, "token": self.guard.lease.token}
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """A stop the Guard asked for ends with a checkpoint of where training stopped."""
+        if self.stopped_by_guard and self.final_checkpoint and not self.guard.fenced:
+            trainer.save_checkpoint(Path(trainer.default_root_dir) / "stopped.ckpt")
+
+
+def _model_checkpoints(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+    callbacks = checkpoint.get("callbacks") or {}
+    return [state for key, state in callbacks.items() if str(key).startswith("ModelCheckpoint")]
+
+
+def _monitored(checkpoint: dict[str, Any]) -> dict[str, float]:
+    found = {}
+    for state in _model_checkpoints(checkpoint):
+        score, monitor = state.get("current_score"), state.get("monitor")
+        if monitor and isinstance(score, torch.Tensor) and score.numel() == 1:
+            found[str(monitor)] = float(score)
+    return found
+
+
+def _storable(value: Any, *, in_callbacks: bool = False) -> Any:
+    """The checkpoint as the store keeps it: callback state's non-finite scalars tagged for JSON."""
+    if isinstance(value, dict):
+        return {k: _storable(v, in_callbacks=in_callbacks or k == "callbacks") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_storable(v, in_callbacks=in_callbacks) for v in value)
+    if in_callbacks and isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+        number = float(value)
+        if not math.isfinite(number):
+            return {_FLOAT_TAG: repr(number), "dtype": str(value.dtype).removeprefix("torch.")}
+    return value
+
+
+def _restored(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {_FLOAT_TAG, "dtype"}:
+            return torch.tensor(float(value[_FLOAT_TAG]), dtype=getattr(torch, str(value["dtype"])))
+        return {k: _restored(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_restored(v) for v in value)
+    return value
+
+
+__all__ = ["PREFIX", "GuardCallback", "StoreCheckpointIO", "resume_path"]

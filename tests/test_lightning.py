@@ -1,0 +1,162 @@
+"""PyTorch Lightning through the fenced store (issue 14): a tiny MLP trained for real on CPU."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("lightning")
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+
+from trainguard import Guard, Registry, StopReason
+from trainguard.errors import LeaseLost
+from trainguard.integrations.lightning import PREFIX, GuardCallback, StoreCheckpointIO, resume_path
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+
+
+class TinyRegressor(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        self.log("train_loss", loss, on_step=True, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+def _data() -> DataLoader[Any]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=generator)
+    return DataLoader(TensorDataset(x, x.sum(dim=1, keepdim=True)), batch_size=8)  # 8 steps an epoch
+
+
+def _guard(tmp_path: Path, **settings: Any) -> Guard:
+    return Guard(run="pl", store=str(tmp_path / "store"), **settings)
+
+
+def _fit(
+    guard: Guard, tmp_path: Path, *, max_steps: int = -1, extra: list[Any] | None = None
+) -> tuple[L.Trainer, TinyRegressor]:
+    torch.manual_seed(0)
+    model = TinyRegressor()
+    trainer = L.Trainer(
+        max_epochs=1000,
+        max_steps=max_steps,
+        default_root_dir=str(tmp_path / "lightning"),
+        callbacks=[
+            GuardCallback(guard),
+            ModelCheckpoint(monitor="train_loss", save_top_k=1, save_last=True),
+            *(extra or []),
+        ],
+        plugins=[StoreCheckpointIO(guard)],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+    )
+    trainer.fit(model, _data(), ckpt_path=resume_path(guard))
+    return trainer, model
+
+
+def _registry(tmp_path: Path) -> Registry:
+    return Registry.open(f"sqlite:///{tmp_path / 'store/.trainguard/registry.db'}")
+
+
+def test_the_step_budget_holds_across_two_restarts(tmp_path: Path) -> None:
+    with _guard(tmp_path, max_steps=30, install_signal_handlers=False) as guard:
+        first, _ = _fit(guard, tmp_path, max_steps=10)
+    assert first.global_step == 10
+    with _guard(tmp_path, max_steps=30, install_signal_handlers=False) as guard:
+        second, _ = _fit(guard, tmp_path, max_steps=20)  # resumes at 10 from the store
+    assert second.global_step == 20
+    with _guard(tmp_path, max_steps=30, install_signal_handlers=False) as guard:
+        third, _ = _fit(guard, tmp_path)  # Lightning would train for 1000 epochs: the budget ends it
+        assert guard.stop_reason is StopReason.STEPS
+    assert third.global_step == 30
+    with _guard(tmp_path, max_steps=30, install_signal_handlers=False) as guard:
+        fourth, _ = _fit(guard, tmp_path)  # spent: not one step more
+    assert fourth.global_step == 30
+    with _registry(tmp_path) as registry:
+        assert registry.run("pl").steps_spent == 30
+
+
+class _AtStep(L.Callback):
+    """Runs ``action`` once, after the batch that makes ``step`` optimizer steps."""
+
+    def __init__(self, step: int, action: Any) -> None:
+        self.step, self.action, self.done = step, action, False
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step >= self.step and not self.done:
+            self.done = True
+            self.action()
+
+
+def test_sigterm_stops_gracefully_with_a_last_checkpoint_that_resumes_bit_exact(tmp_path: Path) -> None:
+    with _guard(tmp_path, max_steps=1000) as guard:  # the Guard's SIGTERM handler: a graceful stop
+        trainer, model = _fit(
+            guard, tmp_path, extra=[_AtStep(13, lambda: os.kill(os.getpid(), signal.SIGTERM))]
+        )
+        assert guard.stop_reason is StopReason.SIGNAL
+        stopped_at = trainer.global_step
+        weights = {k: v.clone() for k, v in model.state_dict().items()}
+        optimizer = trainer.optimizers[0].state_dict()
+        last = guard.last_checkpoint
+    assert stopped_at in (13, 14) and last is not None and last.name.startswith("stopped-s")
+    with _guard(tmp_path, max_steps=1000, install_signal_handlers=False) as guard:
+        loaded = StoreCheckpointIO(guard).load_checkpoint(f"{PREFIX}latest")
+    assert loaded["global_step"] == stopped_at
+    assert all(torch.equal(loaded["state_dict"][k], v) for k, v in weights.items())
+    saved_optimizer = loaded["optimizer_states"][0]
+    for index, state in optimizer["state"].items():
+        for key, value in state.items():
+            assert torch.equal(saved_optimizer["state"][index][key], value), (index, key)
+    # and Lightning resumes from it: one more step lands on the next step, not on step 1
+    with _guard(tmp_path, max_steps=1000, install_signal_handlers=False) as guard:
+        resumed, _ = _fit(guard, tmp_path, max_steps=stopped_at + 1)
+    assert resumed.global_step == stopped_at + 1
+
+
+def test_a_process_whose_lease_was_taken_over_commits_nothing_more(tmp_path: Path) -> None:
+    def take_over() -> None:
+        with _registry(tmp_path) as operator:
+            operator.acquire("pl", takeover=True, reason="test: an operator took the run over")
+
+    with _guard(tmp_path, max_steps=1000, install_signal_handlers=False) as guard:
+        with pytest.raises(LeaseLost):  # the next checkpoint is refused by the registry: fenced
+            _fit(guard, tmp_path, extra=[_AtStep(6, take_over)])
+        assert guard.fenced
+        token = guard.lease.token
+    with _registry(tmp_path) as registry:
+        assert [r for r in registry.checkpoints("pl") if r.token == token] == []  # its epoch-end save refused
+        refused = [e for e in registry.events("pl") if e.kind == "commit_refused" and e.token == token]
+        assert refused, "the registry never saw (and refused) the stale commit"
+
+
+def test_retention_never_takes_the_best_or_the_resume_source(tmp_path: Path) -> None:
+    with _guard(tmp_path, max_steps=40, keep_last=1, install_signal_handlers=False) as guard:
+        _fit(guard, tmp_path, max_steps=24)
+        best = next(r.name for r in guard.store.checkpoints() if r.pinned)
+    with _guard(tmp_path, max_steps=40, keep_last=1, install_signal_handlers=False) as guard:
+        source = guard.store.latest()
+        assert source is not None
+        _fit(guard, tmp_path)  # resumes from `source`, trains to the budget, saves several times
+        kept = {r.name for r in guard.store.checkpoints()}
+        evicted = [r for r in guard.store.checkpoints(states=None) if r.name not in kept]
+    assert evicted, "keep_last=1 evicted nothing: the test would prove nothing"
+    assert best in kept and source.name in kept
