@@ -50,6 +50,17 @@ class SaveResult:
     def done(self) -> bool:
         return self._future.done()
 
+    def when_committed(self, action: Callable[[CheckpointRecord], None]) -> None:
+        """Run ``action(record)`` once the checkpoint is committed (not if the save fails): on the committing
+        thread, before the next save can start (it waits for that thread) - so, say, a pin lands before
+        the next commit's retention runs. An error in ``action`` is logged, not raised."""
+
+        def committed(future: Future[CheckpointRecord]) -> None:
+            if future.exception() is None:
+                action(future.result())
+
+        self._future.add_done_callback(committed)
+
     def result(self, timeout: float | None = None) -> CheckpointRecord:
         """The committed checkpoint's record; waits up to ``timeout`` seconds (None: as long as it takes)."""
         try:

@@ -56,10 +56,16 @@ def resume_path(guard: Guard) -> str | None:
 
 
 class StoreCheckpointIO(CheckpointIO):
-    """Lightning's checkpoint IO, through the Guard's fenced store (see the module's doc)."""
+    """Lightning's checkpoint IO, through the Guard's fenced store (see the module's doc).
 
-    def __init__(self, guard: Guard) -> None:
+    ``background`` (default): a save returns once the tensors are copied and commits on another thread,
+    one in flight (the next save, a load and the end of ``fit`` wait for it; a failed commit is raised
+    there); ModelCheckpoint's new best is pinned as soon as it is committed, before any later save's
+    retention runs. ``background=False``: every save returns committed."""
+
+    def __init__(self, guard: Guard, *, background: bool = True) -> None:
         self.guard = guard
+        self.background = background
         self.names: dict[str, str] = {}  # Lightning's path -> the store's checkpoint name
         self._best: str | None = None  # the checkpoint this IO pinned as ModelCheckpoint's best
 
@@ -70,16 +76,16 @@ class StoreCheckpointIO(CheckpointIO):
         name = f"{stem}-s{step}-t{guard.lease.token}"
         metrics = {"lightning_file": Path(str(path)).name, "global_step": step}
         metrics |= {k: float(v) for k, v in _monitored(checkpoint).items() if math.isfinite(v)}
+        best = str(path) in {str(s.get("best_model_path")) for s in _model_checkpoints(checkpoint)}
         state, episode = _storable(checkpoint), guard.episode or 0
-        record = guard.save(state, episode=episode, metrics=metrics, background=False, name=name)
-        committed = record.result()
-        self.names[str(path)] = committed.name
-        self._pin_best(checkpoint, str(path), committed.name)
+        result = guard.save(state, episode=episode, metrics=metrics, background=self.background, name=name)
+        self.names[str(path)] = result.name
+        if best:
+            result.when_committed(lambda record: self._pin_best(record.name))
 
-    def _pin_best(self, checkpoint: dict[str, Any], path: str, name: str) -> None:
-        """Pin what ModelCheckpoint calls its best, so retention never takes it (and unpin the previous)."""
-        best = {state.get("best_model_path") for state in _model_checkpoints(checkpoint)}
-        if path not in best or name == self._best:
+    def _pin_best(self, name: str) -> None:
+        """Pin ModelCheckpoint's best (and unpin the previous best), so retention never takes it."""
+        if name == self._best:
             return
         store = self.guard.store
         store.pin(name, reason="ModelCheckpoint's best")
@@ -90,6 +96,7 @@ class StoreCheckpointIO(CheckpointIO):
     def load_checkpoint(
         self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
+        self.guard.wait_for_saves()
         store = self.guard.store
         text = str(path)
         if text.startswith(PREFIX):
@@ -110,7 +117,7 @@ class StoreCheckpointIO(CheckpointIO):
         self.names.pop(str(path), None)
 
     def teardown(self) -> None:
-        return None
+        self.guard.wait_for_saves()  # fit() ends with every checkpoint committed (or its error raised)
 
 
 class GuardCallback(Callback):
@@ -156,8 +163,12 @@ class GuardCallback(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """A stop the Guard asked for ends with a checkpoint of where training stopped."""
-        if self.stopped_by_guard and self.final_checkpoint and not self.guard.fenced:
-            trainer.save_checkpoint(Path(trainer.default_root_dir) / "stopped.ckpt")
+        if not (self.stopped_by_guard and self.final_checkpoint) or self.guard.fenced:
+            return
+        last = self.guard.last_checkpoint
+        if last is not None and last.metrics.get("global_step") == trainer.global_step:
+            return  # ModelCheckpoint saved this very step already
+        trainer.save_checkpoint(Path(trainer.default_root_dir) / "stopped.ckpt")
 
 
 def _model_checkpoints(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
