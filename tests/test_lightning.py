@@ -161,3 +161,24 @@ def test_retention_never_takes_the_best_or_the_resume_source(tmp_path: Path) -> 
         evicted = [r for r in guard.store.checkpoints(states=None) if r.name not in kept]
     assert evicted, "keep_last=1 evicted nothing: the test would prove nothing"
     assert best in kept and source.name in kept
+
+
+def test_the_example_runs_and_a_second_run_resumes_within_the_same_budget(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    command = [
+        sys.executable,
+        "-m",
+        "examples.lightning.train",
+        "--store",
+        str(tmp_path / "s"),
+        "--max-steps",
+        "40",
+    ]
+    outputs = [
+        subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=120, check=True).stdout
+        for _ in range(2)
+    ]
+    assert all("stopped at step 40: steps: 40 of 40 steps spent" in out for out in outputs), outputs
