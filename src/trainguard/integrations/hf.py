@@ -1,0 +1,157 @@
+"""Hugging Face ``Trainer``: checkpoints through the fenced store, budgets and the lease in the loop.
+
+    with tg.Guard.from_config("guard.yaml") as guard:
+        trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[GuardCallback(guard)])
+        trainer.train(resume_from_checkpoint=resume(trainer, guard))   # None for a new run
+
+What is kept: at every ``on_save`` (right after HF wrote ``checkpoint-N``) the callback commits, under the
+Guard's token, the model's and the optimizer's and the scheduler's ``state_dict`` (tensors in
+safetensors), the ``TrainerState`` (JSON) and the RNG states (torch's as a tensor, Python's and numpy's as
+JSON) - taken from the objects in memory, never read back from HF's files, of which three are pickles
+(``optimizer.pt``, ``scheduler.pt``, ``rng_state.pth``; ``training_args.bin`` too). HF's directory is then
+removed (``keep_hf_checkpoints=True`` keeps it): the store's retention decides what stays, never HF's
+mtime-sorted rotation. ``resume`` writes a ``checkpoint-N`` for HF to resume from out of the store's newest
+verified checkpoint (``get_last_checkpoint`` would pick the highest number, complete or not).
+
+The callback: one optimizer step is one ``tick()``, one epoch one episode; the decision to stop is
+``all_reduce``d when a process group is up (HF does not sync ``should_training_stop``), and a stop saves a
+last checkpoint. A start with the budget already spent raises ``BudgetExhausted`` in ``on_train_begin``:
+HF would otherwise run one step before it reads ``should_training_stop``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainguard.errors import BudgetExhausted, MissingDependency
+from trainguard.guard import Guard, StopReason
+
+try:
+    from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+except ImportError as error:  # an optional integration: say which extra brings it
+    raise MissingDependency("transformers", "hf", "trainguard.integrations.hf") from error
+
+
+class GuardCallback(TrainerCallback):
+    """Budgets, the lease and the commit of every checkpoint in HF's ``Trainer`` (see the module's doc)."""
+
+    def __init__(self, guard: Guard, *, keep_hf_checkpoints: bool = False) -> None:
+        self.guard = guard
+        self.keep_hf_checkpoints = keep_hf_checkpoints
+        self.committed: list[str] = []
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        guard = self.guard
+        if guard.stop is None and guard.tick(0):
+            return
+        budget = str(guard.stop_reason or StopReason.STEPS)
+        limit = getattr(guard.limits, budget, None)
+        if limit is None:  # stopped for another reason than a spent budget (a lost lease, a signal)
+            raise RuntimeError(f"trainguard: run {guard.run!r} cannot train: {guard.stop}")
+        raise BudgetExhausted(guard.run, budget, float(limit), float(limit))
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if _agreed(not self.guard.tick(1) or self.guard.stop is not None):
+            control.should_training_stop = True
+            control.should_save = not self.guard.fenced  # a last checkpoint, unless nothing can commit
+
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if not control.should_training_stop and _agreed(not self.guard.complete_episode()):
+            control.should_training_stop = True
+            control.should_save = not self.guard.fenced
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        guard = self.guard
+        if args.process_index != 0:  # one commit per checkpoint, by the process that holds the Guard
+            return
+        snapshot: dict[str, Any] = {
+            "model": kwargs["model"].state_dict(),
+            "trainer_state": json.loads(json.dumps(dataclasses.asdict(state))),
+            "rng": _rng_states(),
+        }
+        if kwargs.get("optimizer") is not None:
+            snapshot["optimizer"] = kwargs["optimizer"].state_dict()
+        if kwargs.get("lr_scheduler") is not None:
+            snapshot["scheduler"] = kwargs["lr_scheduler"].state_dict()
+        name = f"checkpoint-{state.global_step}-t{guard.lease.token}"
+        metrics: dict[str, Any] = {"global_step": state.global_step}
+        if state.log_history and "loss" in state.log_history[-1]:
+            metrics["loss"] = state.log_history[-1]["loss"]
+        record = guard.save(
+            snapshot, episode=guard.episode or 0, metrics=metrics, background=False, name=name
+        )
+        self.committed.append(record.result().name)
+        written = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
+        if not self.keep_hf_checkpoints and written.is_dir():
+            shutil.rmtree(written)  # HF's copy: the store holds the checkpoint now
+
+
+def resume(trainer: Trainer, guard: Guard) -> str | None:
+    """``resume_from_checkpoint`` for ``trainer.train``: a ``checkpoint-N`` directory written from the
+    store's newest verified checkpoint (weights loaded into ``trainer.model`` first), or None for a new
+    run. The pickles HF reads back (optimizer, scheduler, RNG) are written here from verified data."""
+    loaded = guard.resume()
+    if loaded is None:
+        return None
+    state = loaded.state
+    assert trainer.model is not None  # a Trainer is built with its model
+    trainer.model.load_state_dict(state["model"])
+    step = int(state["trainer_state"]["global_step"])
+    target = Path(str(trainer.args.output_dir)) / f"checkpoint-{step}"
+    trainer.save_model(str(target))
+    TrainerState(**state["trainer_state"]).save_to_json(str(target / "trainer_state.json"))
+    if "optimizer" in state:
+        torch.save(state["optimizer"], target / "optimizer.pt")
+    if "scheduler" in state:
+        torch.save(state["scheduler"], target / "scheduler.pt")
+    torch.save(_rng_from(state["rng"]), target / "rng_state.pth")
+    return str(target)
+
+
+def _agreed(stop: bool) -> bool:
+    """The same decision on every process (HF does not sync ``should_training_stop``)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        vote = torch.tensor([int(stop)])
+        torch.distributed.all_reduce(vote, op=torch.distributed.ReduceOp.MAX)
+        return bool(vote.item())
+    return stop
+
+
+def _rng_states() -> dict[str, Any]:
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "cpu": torch.random.get_rng_state(),
+        "python": json.loads(json.dumps(random.getstate())),
+        "numpy": {"kind": kind, "keys": keys, "pos": position, "has_gauss": has_gauss, "cached": cached},
+    }
+
+
+def _rng_from(saved: dict[str, Any]) -> dict[str, Any]:
+    """The RNG states in the shape HF's ``_load_rng_state`` reads (tuples where the libraries want them)."""
+    version, internal, gauss = saved["python"]
+    numpy = saved["numpy"]
+    keys = np.asarray(numpy["keys"], dtype=np.uint32)
+    return {
+        "python": (version, tuple(internal), gauss),
+        "numpy": (numpy["kind"], keys, int(numpy["pos"]), int(numpy["has_gauss"]), float(numpy["cached"])),
+        "cpu": torch.as_tensor(saved["cpu"], dtype=torch.uint8),
+    }
+
+
+__all__ = ["GuardCallback", "resume"]

@@ -1,0 +1,146 @@
+"""The Hugging Face Trainer through the fenced store (issue 14): a tiny GPT-2 built from a config (no
+weights downloaded), trained for real on CPU."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("transformers")
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+
+from trainguard import Guard, Registry, StopReason
+from trainguard.errors import BudgetExhausted, LeaseLost
+from trainguard.integrations.hf import GuardCallback, resume
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+
+
+class _Tokens(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
+    def __init__(self) -> None:
+        self.ids = torch.randint(0, 64, (64, 16), generator=torch.Generator().manual_seed(0))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[index], "labels": self.ids[index]}
+
+
+def _trainer(guard: Guard, tmp_path: Path, *, max_steps: int, extra: list[Any] | None = None) -> Trainer:
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "hf"),
+        max_steps=max_steps,
+        per_device_train_batch_size=8,  # 8 steps an epoch
+        save_strategy="steps",
+        save_steps=4,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    return Trainer(
+        model=model, args=args, train_dataset=_Tokens(), callbacks=[GuardCallback(guard), *(extra or [])]
+    )
+
+
+def _guard(tmp_path: Path, **settings: Any) -> Guard:
+    return Guard(run="hf", store=str(tmp_path / "store"), **settings)
+
+
+def _registry(tmp_path: Path) -> Registry:
+    return Registry.open(f"sqlite:///{tmp_path / 'store/.trainguard/registry.db'}")
+
+
+def test_the_step_budget_holds_across_two_restarts_and_a_spent_start_runs_zero_steps(tmp_path: Path) -> None:
+    steps = []
+    for trainer_steps in (6, 12, 1000):
+        with _guard(tmp_path, max_steps=18, install_signal_handlers=False) as guard:
+            trainer = _trainer(guard, tmp_path, max_steps=trainer_steps)
+            trainer.train(resume_from_checkpoint=resume(trainer, guard))
+            steps.append(trainer.state.global_step)
+    assert steps == [6, 12, 18]  # the third run: HF would go on to 1000, the run's budget ends it at 18
+    with _guard(tmp_path, max_steps=18, install_signal_handlers=False) as guard:
+        trainer = _trainer(guard, tmp_path, max_steps=1000)
+        with pytest.raises(BudgetExhausted):  # refused in on_train_begin: not one step
+            trainer.train(resume_from_checkpoint=resume(trainer, guard))
+    with _registry(tmp_path) as registry:
+        assert registry.run("hf").steps_spent == 18
+    with _guard(tmp_path, max_steps=18, install_signal_handlers=False) as guard:
+        codecs = {f.codec for r in guard.store.checkpoints() for f in guard.store.manifest(r.name).files}
+    assert codecs == {"safetensors", "json"}  # none of HF's pickles (optimizer.pt, rng_state.pth) kept
+
+
+class _AtStep(TrainerCallback):
+    def __init__(self, step: int, action: Any) -> None:
+        self.step, self.action, self.done = step, action, False
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step >= self.step and not self.done:
+            self.done = True
+            self.action()
+
+
+def test_sigterm_stops_with_a_committed_checkpoint_that_resumes_bit_exact(tmp_path: Path) -> None:
+    with _guard(tmp_path, max_steps=1000) as guard:  # the Guard's SIGTERM handler: a graceful stop
+        trainer = _trainer(
+            guard, tmp_path, max_steps=1000, extra=[_AtStep(6, lambda: os.kill(os.getpid(), signal.SIGTERM))]
+        )
+        trainer.train()
+        assert guard.stop_reason is StopReason.SIGNAL
+        stopped_at = trainer.state.global_step
+        assert trainer.model is not None and trainer.optimizer is not None
+        weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        optimizer = trainer.optimizer.state_dict()
+        last = guard.last_checkpoint
+    assert stopped_at in (6, 7) and last is not None and last.metrics["global_step"] == stopped_at
+    with _guard(tmp_path, max_steps=1000, install_signal_handlers=False) as guard:
+        fresh = _trainer(guard, tmp_path, max_steps=stopped_at + 1)
+        checkpoint = resume(fresh, guard)
+        assert checkpoint is not None and fresh.model is not None
+        assert all(torch.equal(fresh.model.state_dict()[k], v) for k, v in weights.items())
+        # written by resume() from the store's verified data
+        loaded = torch.load(Path(checkpoint) / "optimizer.pt", weights_only=True)
+        for index, state in optimizer["state"].items():
+            for key, value in state.items():
+                assert torch.equal(loaded["state"][index][key], value), (index, key)
+        fresh.train(resume_from_checkpoint=checkpoint)
+        assert fresh.state.global_step == stopped_at + 1  # HF resumed at the stop, one more step
+
+
+def test_a_process_whose_lease_was_taken_over_commits_nothing_more(tmp_path: Path) -> None:
+    def take_over() -> None:
+        with _registry(tmp_path) as operator:
+            operator.acquire("hf", takeover=True, reason="test: an operator took the run over")
+
+    with _guard(tmp_path, max_steps=1000, install_signal_handlers=False) as guard:
+        trainer = _trainer(guard, tmp_path, max_steps=1000, extra=[_AtStep(2, take_over)])
+        with pytest.raises(LeaseLost):  # the save at step 4 is refused by the registry
+            trainer.train()
+        token = guard.lease.token
+    with _registry(tmp_path) as registry:
+        assert [r for r in registry.checkpoints("hf") if r.token == token] == []
+        assert [e for e in registry.events("hf") if e.kind == "commit_refused" and e.token == token]
+
+
+def test_retention_never_takes_the_resume_source(tmp_path: Path) -> None:
+    with _guard(tmp_path, max_steps=100, install_signal_handlers=False) as guard:
+        trainer = _trainer(guard, tmp_path, max_steps=6)
+        trainer.train()
+    with _guard(tmp_path, max_steps=100, keep_last=1, install_signal_handlers=False) as guard:
+        source = guard.store.latest()
+        trainer = _trainer(guard, tmp_path, max_steps=14)
+        trainer.train(resume_from_checkpoint=resume(trainer, guard))
+        kept = {r.name for r in guard.store.checkpoints()}
+        evicted = [r.name for r in guard.store.checkpoints(states=None) if r.name not in kept]
+    assert source is not None and source.name in kept  # the one this run resumed from
+    assert evicted  # keep_last=1 did evict: the protection is what kept the source
