@@ -25,6 +25,7 @@ from trainguard.checkpoints._durable import (
 )
 from trainguard.checkpoints._quarantine import free_entry, quarantine_path
 from trainguard.checkpoints._tree import UnsupportedValue
+from trainguard.checkpoints._values import Provenance, default_name
 from trainguard.checkpoints.codecs import (
     AdoptedFile,
     FileRecord,
@@ -45,7 +46,11 @@ from trainguard.errors import (
     LeaseLost,
     RegistryError,
 )
+from trainguard.fingerprint import Fingerprint
+from trainguard.names import validate_name
 from trainguard.registry import CheckpointRecord, CommitVerdict, EventKind, Lease
+
+MAX_EPISODE = 2**63 - 1  # what the registry can store
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,43 @@ class SaveRequest:
     config_hash: str | None = None
     features: dict[str, Any] | None = None
     origin: dict[str, Any] | None = None
+
+
+def save_request(
+    run: str,
+    state: object,
+    *,
+    episode: int,
+    lease: Lease,
+    metrics: Mapping[str, Any] | None = None,
+    name: str | None = None,
+    parent: str | None = None,
+    features: Fingerprint | None = None,
+    provenance: Provenance | None = None,
+) -> SaveRequest:
+    """A save's arguments checked before anything is written (``CheckpointStore.save``, and saves whose
+    files other processes write: ``trainguard.checkpoints.prepared``)."""
+    if lease.run != run:
+        raise InvalidArgument("lease", lease.run, f"is a lease of another run; this store is for {run!r}")
+    if isinstance(episode, bool) or not isinstance(episode, int) or episode < 0:
+        raise InvalidArgument("episode", episode, "must be a non-negative integer")
+    name = validate_name(default_name(episode, lease.token) if name is None else name, "checkpoint")
+    if episode > MAX_EPISODE:  # the registry stores 64-bit integers; refused before anything is written
+        raise CheckpointRejected(name, f"episode {episode} is beyond the largest storable, {MAX_EPISODE}")
+    provenance = provenance or Provenance()
+    return SaveRequest(
+        state=state,
+        episode=episode,
+        lease=lease,
+        name=name,
+        metrics=dict(metrics or {}),
+        parent=parent,
+        fingerprint=features.digest if features else None,
+        code_hash=provenance.code_hash,
+        config_hash=provenance.config_hash,
+        features=features.content if features else None,
+        origin=provenance.origin,
+    )
 
 
 def commit(store: StoreContext, request: SaveRequest) -> CheckpointRecord:
@@ -281,4 +323,4 @@ def _set_aside(
     )
 
 
-__all__ = ["SaveRequest", "check_commit", "commit", "commit_staged", "stage"]
+__all__ = ["MAX_EPISODE", "SaveRequest", "check_commit", "commit", "commit_staged", "save_request", "stage"]

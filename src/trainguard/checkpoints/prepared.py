@@ -11,83 +11,60 @@ every file's hash against the manifest, before any byte is used.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trainguard.checkpoints._commit import SaveRequest, check_commit, commit_staged, stage
+from trainguard.checkpoints._commit import check_commit, commit_staged, save_request, stage
 from trainguard.checkpoints._durable import StepFailed, remove_tree, write_file
 from trainguard.checkpoints._reading import read_manifest, verified_bytes
-from trainguard.checkpoints._values import default_name
 from trainguard.checkpoints.codecs import FileRecord
 from trainguard.checkpoints.layout import staging_root
 from trainguard.checkpoints.manifest import Manifest
-from trainguard.checkpoints.store import MAX_EPISODE, CheckpointStore
+from trainguard.checkpoints.store import CheckpointStore
 from trainguard.errors import (
     CheckpointRejected,
     CheckpointWriteError,
     InvalidArgument,
-    RegistryError,
     StateConflict,
 )
-from trainguard.names import validate_name
 from trainguard.registry import CheckpointRecord, CheckpointState, Lease
 
-log = logging.getLogger("trainguard")
 
-
-@dataclass
 class PreparedSave:
     """One save whose files other processes write: ``begin`` makes the staging directory (after the
     checks a save makes first: lease, budget, signing), the writers fill it, ``commit`` lets the registry
-    decide. ``abandon`` removes what an unfinished save left (a rank failed; nothing was committed)."""
+    decide. ``abandon`` removes what an unfinished save left (a rank failed; nothing was committed). The
+    arguments are checked as :meth:`CheckpointStore.save` checks them (``_commit.save_request``)."""
 
-    store: CheckpointStore
-    lease: Lease
-    episode: int
-    fmt: str
-    name: str | None = None
-    metrics: Mapping[str, Any] = field(default_factory=dict)
-    parent: str | None = None
-    staging: Path | None = None
-
-    def __post_init__(self) -> None:
-        if self.lease.run != self.store.run:
-            raise InvalidArgument(
-                "lease", self.lease.run, f"is a lease of another run; this store is for {self.store.run!r}"
-            )
-        episode = self.episode
-        if isinstance(episode, bool) or not isinstance(episode, int) or not 0 <= episode <= MAX_EPISODE:
-            raise InvalidArgument("episode", episode, f"must be an integer in 0..{MAX_EPISODE}")
-        self.name = validate_name(
-            default_name(episode, self.lease.token) if self.name is None else self.name, "checkpoint"
+    def __init__(
+        self,
+        store: CheckpointStore,
+        lease: Lease,
+        episode: int,
+        fmt: str,
+        *,
+        name: str | None = None,
+        metrics: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.store, self.lease, self.fmt = store, lease, fmt
+        parent = store.parent_for(lease)
+        self.request = save_request(
+            store.run, None, episode=episode, lease=lease, metrics=metrics, name=name, parent=parent
         )
-
-    def _request(self) -> SaveRequest:
-        assert self.name is not None  # set in __post_init__
-        return SaveRequest(
-            state=None,
-            episode=self.episode,
-            lease=self.lease,
-            name=self.name,
-            metrics=dict(self.metrics),
-            parent=self.parent,
-            fingerprint=None,
-        )
+        self.name = self.request.name
+        self.staging: Path | None = None
 
     def begin(self) -> Path:
         """Step 1 (fail fast: lease, budget, a name already taken) and step 2 (the staging directory)."""
-        request = self._request()
         # The token first: a stale job must hear that it is fenced (and stop), not that the name is taken.
         self.lease.renew()  # LeaseLost unless this token is still the run's live lease
-        if self.store.registry.find_checkpoint(self.store.run, request.name) is not None:
-            raise CheckpointRejected(request.name, "a checkpoint of this name exists; names are never reused")
-        check_commit(self.store._context, request)
-        self.staging = stage(self.store._context, request.name, self.lease)
+        if self.store.registry.find_checkpoint(self.store.run, self.name) is not None:
+            raise CheckpointRejected(self.name, "a checkpoint of this name exists; names are never reused")
+        check_commit(self.store._context, self.request)
+        self.staging = stage(self.store._context, self.name, self.lease)
         return self.staging
 
     def commit(self, files: list[FileRecord]) -> CheckpointRecord:
@@ -96,12 +73,9 @@ class PreparedSave:
         if self.staging is None:
             raise StateConflict("prepared save", "not begun", "begin() makes the staging directory first")
         staging, self.staging = self.staging, None
-        record = commit_staged(self.store._context, self._request(), staging, files, self.fmt)
-        try:
-            self.store.prune()
-        except RegistryError as error:  # committed; retention is never urgent (see CheckpointStore.save)
-            log.warning("trainguard: retention after %s skipped: %s", record.name, error)
-        return record
+        return self.store.committed(
+            commit_staged(self.store._context, self.request, staging, files, self.fmt)
+        )
 
     def abandon(self) -> None:
         """Remove the staging directory of a save that will not commit (nothing is lost: it holds no

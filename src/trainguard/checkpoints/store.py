@@ -11,7 +11,7 @@ from typing import Any, Self
 
 from trainguard.checkpoints import retention
 from trainguard.checkpoints._binding import bind, check_binding
-from trainguard.checkpoints._commit import SaveRequest, commit
+from trainguard.checkpoints._commit import commit, save_request
 from trainguard.checkpoints._context import StoreContext, Validation
 from trainguard.checkpoints._durable import StepFailed, entry_exists, make_dir
 from trainguard.checkpoints._quarantine import discard, quarantine_path, release_path
@@ -25,7 +25,6 @@ from trainguard.checkpoints.rebuild import holds_checkpoints_of
 from trainguard.checkpoints.signing import Signing
 from trainguard.errors import (
     CheckpointNotFound,
-    CheckpointRejected,
     CheckpointWriteError,
     CorruptCheckpoint,
     InvalidArgument,
@@ -48,7 +47,6 @@ from trainguard.registry import (
 
 log = logging.getLogger("trainguard")
 LATEST = "latest"
-MAX_EPISODE = 2**63 - 1
 COMMITTED = (CheckpointState.COMMITTED,)
 
 
@@ -210,39 +208,33 @@ class CheckpointStore:
         budget, ``CheckpointRejected`` when validation fails, ``CheckpointWriteError`` naming the failed step.
         Retention runs only after the commit succeeded.
         """
-        if lease.run != self.run:
-            raise InvalidArgument(
-                "lease", lease.run, f"is a lease of another run; this store is for {self.run!r}"
-            )
-        if isinstance(episode, bool) or not isinstance(episode, int) or episode < 0:
-            raise InvalidArgument("episode", episode, "must be a non-negative integer")
-        name = validate_name(default_name(episode, lease.token) if name is None else name, "checkpoint")
-        if episode > MAX_EPISODE:  # the registry stores 64-bit integers; refused before anything is written
-            raise CheckpointRejected(name, f"episode {episode} is beyond the largest storable, {MAX_EPISODE}")
-        if parent is None:
-            parent = self._last_saved or lease.while_held(self._resumed_from, what="save")
-        provenance = provenance or Provenance()
-        request = SaveRequest(
-            state=state,
+        request = save_request(
+            self.run,
+            state,
             episode=episode,
             lease=lease,
+            metrics=metrics,
             name=name,
-            metrics=dict(metrics or {}),
-            parent=parent,
-            fingerprint=features.digest if features else None,
-            code_hash=provenance.code_hash,
-            config_hash=provenance.config_hash,
-            features=features.content if features else None,
-            origin=provenance.origin,
+            parent=parent or self.parent_for(lease),
+            features=features,
+            provenance=provenance,
         )
-        record = commit(self._context, request)
+        return self.committed(commit(self._context, request))
+
+    def parent_for(self, lease: Lease) -> str | None:
+        """The parent of this process's next checkpoint: its last one, else the one the run resumed from."""
+        return self._last_saved or lease.while_held(self._resumed_from, what="save")
+
+    def committed(self, record: CheckpointRecord) -> CheckpointRecord:
+        """After a commit: the next save's parent, then retention - which is never urgent (the next save
+        prunes again), so an unreachable registry here must not turn a successful save into an error."""
         self._last_saved = record.name
         try:
             self.prune()
         except RegistryError as error:
-            # Committed; retention is never urgent (the next save prunes again), so an unreachable registry
-            # here must not turn a successful save into an error.
-            log.warning("trainguard: retention after %s skipped (registry unreachable): %s", name, error)
+            log.warning(
+                "trainguard: retention after %s skipped (registry unreachable): %s", record.name, error
+            )
         return record
 
     def _resumed_from(self) -> str | None:
