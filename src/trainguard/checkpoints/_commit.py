@@ -9,7 +9,8 @@ whose directory the next open rolls forward. The registry transaction is the onl
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,17 +116,24 @@ def commit(store: StoreContext, request: SaveRequest) -> CheckpointRecord:
     try:
         # 3. files: written from the state's memory, hashed on the way, fsynced
         fmt = "torch" if isinstance(request.state, AdoptedFile) else store.format
-        files = write_state(request.state, staging, fmt=fmt, check_finite=store.validation.finite)
-    except StepFailed as failed:
-        remove_tree(staging, root=store.root)
-        raise CheckpointWriteError(failed.step, failed.path, failed.cause) from failed.cause
-    except (NonFiniteValues, UnsupportedValue, ValueError, TypeError) as error:
-        remove_tree(staging, root=store.root)
-        raise CheckpointRejected(request.name, str(error)) from error
+        with _save_errors(request.name):
+            files = write_state(request.state, staging, fmt=fmt, check_finite=store.validation.finite)
     except BaseException:
         remove_tree(staging, root=store.root)
         raise
     return commit_staged(store, request, staging, files, fmt)
+
+
+@contextmanager
+def _save_errors(name: str) -> Iterator[None]:
+    """Steps 3-5 fail as the caller is told they can: a step that could not be done names itself
+    (CheckpointWriteError); a state the codecs or validators refuse is CheckpointRejected."""
+    try:
+        yield
+    except StepFailed as failed:
+        raise CheckpointWriteError(failed.step, failed.path, failed.cause) from failed.cause
+    except (NonFiniteValues, UnsupportedValue, ValueError, TypeError) as error:
+        raise CheckpointRejected(name, str(error)) from error
 
 
 def check_commit(store: StoreContext, request: SaveRequest) -> None:
@@ -255,7 +263,7 @@ def _write_manifest(
     *,
     writer: dict[str, Any],
 ) -> tuple[Manifest, str]:
-    try:
+    with _save_errors(request.name):
         manifest = Manifest(
             run=store.run,
             name=request.name,
@@ -285,10 +293,6 @@ def _write_manifest(
             signed = signature_bytes(store.signing.key, manifest_bytes)
             write_small_file(staging / SIGNATURE_FILE, signed, step="sign")
         fsync_dir(staging, step="dir-fsync")
-    except StepFailed as failed:
-        raise CheckpointWriteError(failed.step, failed.path, failed.cause) from failed.cause
-    except (NonFiniteValues, UnsupportedValue, ValueError, TypeError) as error:
-        raise CheckpointRejected(request.name, str(error)) from error
     return manifest, manifest_hash
 
 
