@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -26,26 +27,13 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository: examples/
+from examples.lightning.train import Regressor
 from trainguard import Guard
 from trainguard.integrations.lightning import GuardCallback, StoreCheckpointIO
 
 warnings.filterwarnings("ignore")
 SETUP: list[float] = []  # seconds to open and close the Guard (registry, lease, monitor): once per run
-
-
-class Regressor(L.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 1))
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = torch.nn.functional.mse_loss(self.net(x), y)
-        self.log("train_loss", loss, on_epoch=True)
-        return loss
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
 
 
 def lightning_round(epochs: int, guarded: bool, every: int = 1) -> float:
@@ -67,7 +55,7 @@ def lightning_round(epochs: int, guarded: bool, every: int = 1) -> float:
         if not guarded:
             trainer = L.Trainer(callbacks=[checkpoints], **options)
             started = time.perf_counter()
-            trainer.fit(Regressor(), data)
+            trainer.fit(Regressor(inputs=64, hidden=256), data)
             return time.perf_counter() - started
         opened = time.perf_counter()
         with Guard(run="bench", store=str(Path(scratch) / "store"), install_signal_handlers=False) as guard:
@@ -75,7 +63,7 @@ def lightning_round(epochs: int, guarded: bool, every: int = 1) -> float:
                 callbacks=[GuardCallback(guard), checkpoints], plugins=[StoreCheckpointIO(guard)], **options
             )
             started = time.perf_counter()
-            trainer.fit(Regressor(), data)
+            trainer.fit(Regressor(inputs=64, hidden=256), data)
             fitted = time.perf_counter()
         SETUP.append((started - opened) + (time.perf_counter() - fitted))  # the Guard's open and close
         return fitted - started

@@ -16,26 +16,12 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
+from examples.lightning.train import Regressor
 from trainguard import Guard, Registry, StopReason
 from trainguard.errors import LeaseLost
 from trainguard.integrations.lightning import PREFIX, GuardCallback, StoreCheckpointIO, resume_path
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
-
-
-class TinyRegressor(L.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        loss = torch.nn.functional.mse_loss(self.net(x), y)
-        self.log("train_loss", loss, on_step=True, on_epoch=True)
-        return loss
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=1e-2)
 
 
 def _data() -> DataLoader[Any]:
@@ -50,9 +36,9 @@ def _guard(tmp_path: Path, **settings: Any) -> Guard:
 
 def _fit(
     guard: Guard, tmp_path: Path, *, max_steps: int = -1, extra: list[Any] | None = None
-) -> tuple[L.Trainer, TinyRegressor]:
+) -> tuple[L.Trainer, Regressor]:
     torch.manual_seed(0)
-    model = TinyRegressor()
+    model = Regressor(inputs=4, hidden=8, lr=1e-2)
     trainer = L.Trainer(
         max_epochs=1000,
         max_steps=max_steps,

@@ -21,9 +21,14 @@ from trainguard.integrations.lightning import GuardCallback, StoreCheckpointIO, 
 
 
 class Regressor(L.LightningModule):
-    def __init__(self) -> None:
+    """An MLP regressor (``inputs`` -> ``hidden`` -> 1) with Adam; logs ``train_loss`` per epoch."""
+
+    def __init__(self, inputs: int = 16, hidden: int = 64, lr: float = 1e-3) -> None:
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+        self.lr = lr
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(inputs, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1)
+        )
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
@@ -32,7 +37,7 @@ class Regressor(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
 def main() -> None:

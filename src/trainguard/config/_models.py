@@ -202,9 +202,7 @@ class Notifications(_Section):
     URL may also come from $TRAINGUARD_WEBHOOK_URL (a Slack webhook is a secret: keep it out of the file)."""
 
     webhook: str | None = None
-    events: list[Literal["warning", "stop", "fence", "rogue"]] = Field(
-        default_factory=lambda: [*NOTIFY_KINDS]
-    )
+    events: list[NotifyKind] = Field(default_factory=lambda: [*NOTIFY_KINDS])
     timeout: Timing = 5.0
 
     @field_validator("webhook")
