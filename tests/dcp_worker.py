@@ -24,7 +24,7 @@ from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from trainguard import Guard
 from trainguard.checkpoints import CheckpointStore
 from trainguard.checkpoints.prepared import staging_directory
-from trainguard.distributed import JobGuard, Reader, Writer
+from trainguard.distributed import JobGuard, Reader, Writer, failures_of
 
 RUN = "dcp"
 
@@ -80,11 +80,7 @@ class KillingWriter(Writer):
 
 
 def failures(error: BaseException) -> list[str]:
-    """The errors behind a CheckpointException (DCP keeps (exception, traceback) per failed rank)."""
-    found = getattr(error, "failures", None)
-    if not found:
-        return [type(error).__name__]
-    return sorted(type(e[0] if isinstance(e, tuple) else e).__name__ for e in found.values())
+    return sorted(type(e).__name__ for e in failures_of(error))
 
 
 def main() -> int:

@@ -30,13 +30,16 @@ WORKER = REPO / "tests" / "dcp_worker.py"
 RUN = "dcp"
 
 
-def torchrun(
-    ranks: int, mode: str, root: Path, out: Path, options: dict[str, Any], timeout: float = 180
-) -> list[dict[str, Any]]:
-    """Run the worker under ``torchrun --standalone`` (loopback only); what each rank saw, by rank."""
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("rank-*.json"):
-        old.unlink()
+def _torchrun_command(ranks: int, mode: str, root: Path, out: Path, options: dict[str, Any]) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
+        str(WORKER), mode, str(root), str(out), json.dumps(options),
+    ]  # fmt: skip
+
+
+def _run_job(command: list[str], log: Path, timeout: float) -> int:
+    """Run ``command`` (a job of several processes: loopback only) in a session of its own, and reap the
+    whole session if it outlives ``timeout``; its exit status."""
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO / "src") + os.pathsep + str(REPO),
@@ -44,29 +47,26 @@ def torchrun(
         "GLOO_SOCKET_IFNAME": "lo",
         "MASTER_ADDR": "127.0.0.1",
     }
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={ranks}",
-        str(WORKER),
-        mode,
-        str(root),
-        str(out),
-        json.dumps(options),
-    ]
-    log = out / f"{mode}.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
             command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            process.wait(timeout=timeout)
+            return process.wait(timeout=timeout)
         finally:
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)  # the job's own session: torchrun and its ranks
+                os.killpg(process.pid, signal.SIGKILL)  # the job's own session: the launcher and its ranks
                 process.wait()
+
+
+def torchrun(
+    ranks: int, mode: str, root: Path, out: Path, options: dict[str, Any], timeout: float = 180
+) -> list[dict[str, Any]]:
+    """Run the worker under ``torchrun --standalone``; what each rank saw, by rank."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("rank-*.json"):
+        old.unlink()
+    _run_job(_torchrun_command(ranks, mode, root, out, options), out / f"{mode}.log", timeout)
     seen = {}
     for path in out.glob("rank-*.json"):
         entry = json.loads(path.read_text())
@@ -190,25 +190,11 @@ def test_trainguard_run_supervises_a_torchrun_job_that_adopts_its_lease(tmp_path
             }
         )
     )
-    torchrun_command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-        str(WORKER), "job", str(root), str(out), json.dumps({"from_config": True}),
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + str(REPO), "OMP_NUM_THREADS": "1"}
-    env |= {"GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
+    torchrun_command = _torchrun_command(2, "job", root, out, {"from_config": True})
     command = [sys.executable, "-m", "trainguard", "run", "-c", str(config), "--", *torchrun_command]
-    with (out / "run.log").open("wb") as sink:
-        launcher = subprocess.Popen(
-            command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            launcher.wait(timeout=180)
-        finally:
-            if launcher.poll() is None:
-                os.killpg(launcher.pid, signal.SIGKILL)
-                launcher.wait()
+    status = _run_job(command, out / "run.log", timeout=180)
     log = (out / "run.log").read_text()
-    assert launcher.returncode == 3, log[-3000:]  # a guard rule (the budget) ended it, as designed
+    assert status == 3, log[-3000:]  # a guard rule (the budget) ended it, as designed
     assert "stopped (episodes) by the Guard in the child" in log
     seen = [json.loads((out / f"rank-{r}.json").read_text()) for r in range(2)]
     assert [s.get("error") for s in seen] == [None, None], seen

@@ -18,7 +18,7 @@ from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 from trainguard.checkpoints import CheckpointStore
 from trainguard.checkpoints.layout import quarantine_root, staging_root
-from trainguard.distributed import Reader, Writer
+from trainguard.distributed import Reader, Writer, failures_of
 from trainguard.errors import CheckpointRejected, CorruptCheckpoint, InvalidArgument, LeaseLost
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
@@ -27,10 +27,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def _state(seed: int = 0) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(seed)
     return {"w": torch.randn(16, 8, generator=generator), "b": torch.randn(3, generator=generator).half()}
-
-
-def _errors(failed: CheckpointException) -> list[BaseException]:
-    return [e[0] if isinstance(e, tuple) else e for e in failed.failures.values()]
 
 
 @pytest.fixture
@@ -57,8 +53,8 @@ def test_non_tensor_state_and_saves_without_collectives_are_refused(store: Check
     lease = store.registry.acquire("one", ttl=30)
     with pytest.raises(CheckpointException) as failed:
         dcp_save({**_state(), "epoch": 3}, storage_writer=Writer(store, lease, episode=1))
-    assert isinstance(_errors(failed.value)[0], InvalidArgument) and "'epoch'" in str(
-        _errors(failed.value)[0]
+    assert isinstance(failures_of(failed.value)[0], InvalidArgument) and "'epoch'" in str(
+        failures_of(failed.value)[0]
     )
     with pytest.raises(InvalidArgument, match="use_collectives"):
         dcp_save(_state(), storage_writer=Writer(store, lease, episode=1), use_collectives=False)
@@ -80,7 +76,7 @@ def test_a_save_fenced_after_its_writes_commits_nothing_and_keeps_the_files_as_e
     lease = store.registry.acquire("one", ttl=30)
     with pytest.raises(CheckpointException) as failed:
         dcp_save(_state(), storage_writer=_TakenOverWhileWriting(store, lease, episode=2))
-    assert isinstance(_errors(failed.value)[0], LeaseLost)  # CommitFenced: the registry's verdict
+    assert isinstance(failures_of(failed.value)[0], LeaseLost)  # CommitFenced: the registry's verdict
     assert store.checkpoints() == []
     assert not any(staging_root(store.root).iterdir())
     evidence = list(quarantine_root(store.root).iterdir())
@@ -98,7 +94,7 @@ def test_a_rank_without_a_record_commits_nothing(store: CheckpointStore) -> None
     lease = store.registry.acquire("one", ttl=30)
     with pytest.raises(CheckpointException) as failed:
         dcp_save(_state(), storage_writer=_LosesItsRecord(store, lease, episode=2))
-    error = _errors(failed.value)[0]
+    error = failures_of(failed.value)[0]
     assert isinstance(error, CheckpointRejected) and "rank 0 left no record" in str(error)
     assert store.checkpoints() == [] and not any(staging_root(store.root).iterdir())
 
@@ -115,7 +111,7 @@ def test_a_shard_changed_on_disk_is_refused_at_load(store: CheckpointStore) -> N
     target = {key: torch.zeros_like(value) for key, value in _state().items()}
     with pytest.raises(CheckpointException) as failed:
         dcp_load(target, storage_reader=Reader(store))
-    assert isinstance(_errors(failed.value)[0], CorruptCheckpoint)
+    assert isinstance(failures_of(failed.value)[0], CorruptCheckpoint)
     assert all(not value.any() for value in target.values())  # nothing of the changed file was served
 
 

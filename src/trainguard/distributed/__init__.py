@@ -16,8 +16,8 @@ try:
 except ImportError as error:  # an optional integration: say which extra brings it
     raise MissingDependency("torch", "torch", "trainguard.distributed") from error
 
-from trainguard.distributed._job import JobGuard, Verdict
+from trainguard.distributed._job import JobGuard, Verdict, failures_of
 from trainguard.distributed._reader import Reader
 from trainguard.distributed._writer import Writer
 
-__all__ = ["JobGuard", "Reader", "Verdict", "Writer"]
+__all__ = ["JobGuard", "Reader", "Verdict", "Writer", "failures_of"]

@@ -191,9 +191,7 @@ class JobGuard:
             dcp_save(state, storage_writer=writer, process_group=self.group)
         except CheckpointException as failed:
             writer.abandon()  # the coordinator's staging directory of a save that will not commit
-            # DCP keeps (exception, traceback) per failed rank; the coordinator's refusal is among them.
-            errors = [e[0] if isinstance(e, tuple) else e for e in failed.failures.values()]
-            fenced = [e for e in errors if isinstance(e, LeaseLost)]
+            fenced = [e for e in failures_of(failed) if isinstance(e, LeaseLost)]  # the coordinator's refusal
             if fenced:
                 self.verdict = Verdict.FENCED
                 if isinstance(fenced[0], CommitFenced):
@@ -203,10 +201,18 @@ class JobGuard:
         return writer.committed
 
 
+def failures_of(error: BaseException) -> list[BaseException]:
+    """The errors behind DCP's ``CheckpointException`` (it keeps (exception, traceback) per failed rank),
+    or ``[error]`` for any other error."""
+    if not isinstance(error, CheckpointException):
+        return [error]
+    return [e[0] if isinstance(e, tuple) else e for e in error.failures.values()]
+
+
 def _reason(verdict: Verdict) -> StopReason:
     # DONE reaches here only when the coordinator's Guard has no stop of its own, which cannot happen
     # (it votes DONE because it stopped); SIGNAL is the graceful stop that lets the episode finish.
     return StopReason.LEASE_LOST if verdict is Verdict.FENCED else StopReason.SIGNAL
 
 
-__all__ = ["JobGuard", "Verdict"]
+__all__ = ["JobGuard", "Verdict", "failures_of"]
