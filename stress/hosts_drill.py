@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +33,8 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
+
+from pg_server import private_postgres
 
 TTL = 6.0  # the lease's ttl (seconds)
 BEAT = 2.0  # heartbeat interval (not below the registry connection's own timeouts, 2 s)
@@ -71,59 +71,11 @@ def host(name: str, subnet: int) -> Iterator[dict[str, str]]:
         _sh("ip", "netns", "del", ns, check=False)
 
 
-def _pg_bin(name: str) -> str:
-    found = shutil.which(name)
-    if found is None:
-        raise SystemExit(f"PostgreSQL's {name} is not installed")
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
 def registry_server(addresses: list[str]) -> Iterator[int]:
-    """A PostgreSQL server of this drill's own on ``addresses``; its port. Stopped and deleted at the end.
-    Its directory is a temp dir of its own: the ``postgres`` user must reach it (pytest's are root's)."""
-    base = Path(tempfile.mkdtemp(prefix="trainguard-drill-pg-"))
-    os.chmod(base, 0o755)
-    try:
-        with _server(base, addresses) as port:
-            yield port
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@contextmanager
-def _server(base: Path, addresses: list[str]) -> Iterator[int]:
-    data, sockets, port = base / "pg", base / "pg-sockets", _free_port()
-    sockets.mkdir(parents=True)
-    postgres = pwd.getpwnam("postgres")
-    for path in (base, sockets):
-        os.chown(path, postgres.pw_uid, postgres.pw_gid)
-    as_postgres = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(
-        [*as_postgres, _pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    with (data / "pg_hba.conf").open("a") as hba:
-        hba.write("host all all 10.213.0.0/16 trust\n")
-    options = f"-p {port} -k {sockets} -c listen_addresses={','.join(addresses)} -c fsync=off"
-    pg_ctl = [*as_postgres, _pg_bin("pg_ctl"), "-D", str(data)]
-    subprocess.run(
-        [*pg_ctl, "-o", options, "-l", str(base / "pg.log"), "-w", "start"], check=True, timeout=120
-    )
-    try:
-        yield port
-    finally:
-        subprocess.run(
-            [*pg_ctl, "-m", "immediate", "-w", "stop"], check=False, capture_output=True, timeout=60
-        )
+    """A PostgreSQL server of this drill's own on ``addresses`` (trusting the links' network); its port."""
+    with private_postgres(listen=addresses, trust=["10.213.0.0/16"]) as server:
+        yield server.port
 
 
 # -- what runs on the hosts ----------------------------------------------------------------------------

@@ -1,97 +1,16 @@
-"""A private PostgreSQL server for tests that stop, kill or cut off their database - never the shared one.
-
-``initdb`` + ``pg_ctl`` under a temp directory, on a port of its own, run as the ``postgres`` user (the
-server refuses to run as root). And a loopback TCP proxy that can drop a COMMIT's reply and refuse new
+"""For tests that stop, kill or cut off their database: the private server (stress/pg_server.py, shared
+with the multi-host drill) and a loopback TCP proxy that can drop a COMMIT's reply and refuse new
 connections: the "connection died after COMMIT was sent" failure, for real.
 """
 
 from __future__ import annotations
 
-import glob
-import os
-import pwd
-import shutil
 import socket
 import struct
-import subprocess
-import tempfile
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from pathlib import Path
+from contextlib import suppress
 
-import pytest
-
-
-def _bin(name: str) -> str:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}")) or [shutil.which(name) or ""]
-    if not found[-1]:
-        pytest.fail(f"PostgreSQL's {name} is not installed (the CI image has it)")
-    return found[-1]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class PrivatePostgres:
-    """One server: ``start``/``stop`` it at will; ``url`` for clients."""
-
-    def __init__(self, base: Path) -> None:
-        self.data = base / "data"
-        self.sockets = base / "sockets"
-        self.port = free_port()
-        self.user = "postgres"
-        self._as_user = ["runuser", "-u", self.user, "--"] if os.geteuid() == 0 else []
-        base.mkdir(parents=True, exist_ok=True)
-        self.sockets.mkdir()
-        if os.geteuid() == 0:
-            entry = pwd.getpwnam(self.user)
-            for path in (base, self.sockets):
-                os.chown(path, entry.pw_uid, entry.pw_gid)
-        self._run(_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", self.user, "--no-sync")
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, *command: str) -> None:
-        command_line = [*self._as_user, *command]
-        done = subprocess.run(command_line, check=False, capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            pytest.fail(f"{' '.join(command)} failed: {done.stderr or done.stdout}")
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run(
-            _bin("pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.data / "log"), "-w", "start"
-        )
-
-    def stop(self, mode: str = "fast") -> None:
-        self._run(_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
-
-    def running(self) -> bool:
-        return (self.data / "postmaster.pid").exists()
-
-
-@contextmanager
-def private_postgres() -> Iterator[PrivatePostgres]:
-    """A started server, stopped and deleted at the end. Its directory is outside pytest's (0700, root's)
-    temp tree: the postgres user must be able to reach it."""
-    base = Path(tempfile.mkdtemp(prefix="trainguard-pg-"))
-    try:
-        os.chmod(base, 0o755)
-        server = PrivatePostgres(base / "cluster")
-        server.start()
-        try:
-            yield server
-        finally:
-            if server.running():
-                server.stop("immediate")
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+from pg_server import PrivatePostgres, free_port, private_postgres
 
 
 class CommitReplyDropper:
@@ -209,3 +128,6 @@ def _recv_exact(sock: socket.socket, count: int) -> bytes:
             raise OSError("connection closed")
         data += chunk
     return data
+
+
+__all__ = ["CommitReplyDropper", "PrivatePostgres", "free_port", "private_postgres"]
