@@ -35,6 +35,7 @@ def test_short_demo(tmp_path: Path) -> None:
         "--report",
         str(report),
     )
+    assert "trainguard demo summary" in done.stdout, (done.stdout[-2000:], done.stderr[-3000:])
     summary = done.stdout[done.stdout.index("trainguard demo summary") :]
     assert "episodes             8 spent / 8 budget" in summary, done.stdout + done.stderr
     assert re.search(r"checkpoints +\d+ committed", summary)

@@ -87,6 +87,8 @@ def test_runaway_past_max_runtime_is_killed_within_interval_plus_grace(tmp_path:
     with stubborn(config, "--ignore-budget") as proc, spawned(dog_command, stderr=subprocess.DEVNULL):
         proc.wait(timeout=60)
         died = time.time()
+        with Registry.open(_url(tmp_path)) as registry:  # recorded after the kill, maybe at the next sweep
+            wait_until(lambda: _stopped_events(registry, "runaway"), timeout=20)
     with Registry.open(_url(tmp_path)) as registry:
         started = next(e for e in registry.events("runaway") if e.kind == "guard_started")
         stopped = _stopped_events(registry, "runaway")

@@ -29,7 +29,7 @@ from trainguard.supervise import _descendants
 from trainguard.supervise._cgroup import RunCgroup, parse_name
 from trainguard.supervise._linux import require_linux
 from trainguard.supervise._membership import Membership
-from trainguard.supervise._registry_access import reading_twin, record_event, revoke_lease
+from trainguard.supervise._registry_access import TolerantWrites, reading_twin
 from trainguard.supervise._rogue_writes import ForeignWrite, foreign_writes, watched_folders
 from trainguard.supervise._snapshot import Snapshot
 from trainguard.supervise._writers import WriteMonitor
@@ -102,6 +102,7 @@ class Watchdog:
         self.watch_dirs = list(watch_dirs or [])  # folders outside any store to name writers in
         self._writes: WriteMonitor | None = None  # started at the first sweep; sees writes between sweeps
         self._read_only: Registry | None = None
+        self.writes = TolerantWrites(registry)
         require_linux("trainguard watchdog")  # /proc is what it judges by
         self.me = ProcessIdentity.current()
 
@@ -109,6 +110,7 @@ class Watchdog:
 
     def sweep(self) -> SweepReport:
         report = SweepReport()
+        self.writes.flush()  # what an earlier sweep could not record
         try:
             self.registry.watchdog_beat(self.me, self.interval, {"dry_run": self.dry_run})
         except RegistryError as error:
@@ -329,6 +331,7 @@ class Watchdog:
         return self._read_only
 
     def close(self) -> None:
+        self.writes.flush()  # a last try for what the registry did not take
         if self._read_only is not None and self._read_only is not self.registry:
             self._read_only.close()
         self._read_only = None
@@ -355,11 +358,10 @@ class Watchdog:
             kind = "rogue" if finding.reason is Violation.ROGUE else "stop"
             self.notifier.send(kind, finding.run, f"watchdog: {why}", act=finding.act)
         if not finding.act:
-            record_event(self.registry, finding.run, EventKind.WATCHDOG_REPORT, why, detail)
+            self.writes.event(finding.run, EventKind.WATCHDOG_REPORT, why, detail)
             return None
         if self.dry_run:
-            record_event(
-                self.registry,
+            self.writes.event(
                 finding.run,
                 EventKind.WATCHDOG_WOULD_STOP,
                 why,
@@ -370,18 +372,17 @@ class Watchdog:
                 },
             )
             return None
-        revoked = not finding.revoke or revoke_lease(self.registry, finding.run, f"watchdog: {why}")
+        revoked = not finding.revoke or self.writes.revoke(finding.run, f"watchdog: {why}")
         # Rows only say which processes to look at: each is checked from the kernel's side first.
         allow = self._membership(finding.run).refusal
         ladder = run_ladder(finding.targets, grace=grace, allow=allow) if finding.targets else None
         if not revoked:  # once more: the frozen process that held the registry's lock may be the one killed
-            revoke_lease(self.registry, finding.run, f"watchdog: {why}")
+            self.writes.revoke_later(finding.run, f"watchdog: {why}")
         if finding.reason is Violation.ORPHAN:
             _remove_run_cgroups(finding)  # the launcher that made them died without tidying up
         signals = sorted({name for _, name in ladder.signals}) if ladder else []
         refused = bool(ladder and ladder.skipped and not ladder.signals)
-        record_event(
-            self.registry,
+        self.writes.event(
             finding.run,
             EventKind.WATCHDOG_REPORT if refused else EventKind.WATCHDOG_STOPPED,
             why + ("; nothing signalled" if refused else ""),
