@@ -122,6 +122,16 @@ def test_step_budget_stops_at_the_exact_tick(tmp_path: Path) -> None:
         assert registry.run("steps").steps_spent == 1000
 
 
+def test_a_tick_of_many_steps_across_the_limit_charges_every_step_taken(tmp_path: Path) -> None:
+    # tick(n) counts n steps already run (a vectorised env, a Ray report): the one that crosses both the
+    # reservation and the limit was charged only up to the reservation (seen: 9 of 12 steps charged).
+    with Guard(run="jumps", store=str(tmp_path / "store"), max_steps=10, install_signal_handlers=False) as guard:
+        verdicts = [guard.tick(4) for _ in range(3)]
+    assert verdicts == [True, True, False] and guard.stop_reason is StopReason.STEPS
+    with _registry(tmp_path) as registry:
+        assert registry.run("jumps").steps_spent == 12
+
+
 def test_runtime_budget_is_cumulative(tmp_path: Path) -> None:
     for _ in range(3):
         with Guard(

@@ -95,6 +95,12 @@ class BudgetAccount:
         self.steps.spent = total
         limit = self.steps.limit
         if limit is not None and total >= limit:
+            # tick(n) can cross the last reservation and the limit at once: the steps taken are charged
+            # all the same (they were run), only the next one is refused.
+            try:
+                self.steps.ensure_reserved(0)
+            except LeaseLost as lost:
+                return Stop(StopReason.LEASE_LOST, lost.reason)
             return Stop(StopReason.STEPS, f"{total} of {limit} steps spent")
         try:
             self.steps.ensure_reserved(1)
