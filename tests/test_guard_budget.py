@@ -132,6 +132,17 @@ def test_a_tick_of_many_steps_across_the_limit_charges_every_step_taken(tmp_path
         assert registry.run("jumps").steps_spent == 12
 
 
+def test_steps_counted_after_a_stop_are_charged_at_exit(tmp_path: Path) -> None:
+    # A stop (a signal) sends tick() the slow way without reserving: the steps it counted were run all
+    # the same, and the exit charges them (seen: a Ray run charged 5 of the 13 steps it ran).
+    with Guard(run="after", store=str(tmp_path / "store"), max_steps=100, install_signal_handlers=False) as guard:
+        assert guard.tick(4)
+        guard.request_stop(StopReason.SIGNAL, "test: a preemption")
+        assert not guard.tick(50)
+    with _registry(tmp_path) as registry:
+        assert registry.run("after").steps_spent == 54
+
+
 def test_runtime_budget_is_cumulative(tmp_path: Path) -> None:
     for _ in range(3):
         with Guard(

@@ -185,7 +185,7 @@ class BudgetAccount:
             lambda correction: self.registry.charge(
                 self.run,
                 episodes=-self.episodes.unused(),
-                steps=-max(0, self.steps.unused()),
+                steps=-self.steps.unused(),  # steps taken past the reservation (after a stop) too
                 runtime=correction,
             )
         )
