@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -199,6 +200,39 @@ def test_commit_after_revoke_is_refused(registry: Registry, run_name: str) -> No
     registry.revoke(run_name, "incident")
     verdict = registry.commit_checkpoint(_record(run_name, "late", 1, lease.token), writer={})
     assert verdict.fenced and "revoked: incident" in verdict.reason
+
+
+def test_draws_from_one_budget_by_many_processes_never_exceed_it(registry_url: str, run_name: str) -> None:
+    """A sweep's budget: trials in other processes draw episodes at once; the registry grants exactly the
+    limit between them and refuses every draw after it (nothing charged for a refused one)."""
+    with Registry.open(registry_url) as registry:
+        lease = registry.acquire(run_name)
+        registry.apply_limits(run_name, {"max_episodes": 25}, lease=lease)
+        lease.release()
+    script = (
+        "import sys; from trainguard import Registry\n"
+        "with Registry.open(sys.argv[1]) as r:\n"
+        "    print(sum(r.draw(sys.argv[2], episodes=1) for _ in range(20)))\n"
+    )
+    drawers = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, registry_url, run_name], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    try:
+        granted = [int(p.communicate(timeout=120)[0]) for p in drawers]
+    finally:
+        for p in drawers:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert sum(granted) == 25, granted  # 60 asked for, 25 granted: none twice, none past the limit
+    with Registry.open(registry_url) as registry:
+        assert registry.run(run_name).episodes_spent == 25
+        assert not registry.draw(run_name, episodes=1)
+        assert registry.draw(run_name, steps=5)  # no step limit: granted
+        assert registry.run(run_name).episodes_spent == 25
 
 
 def test_live_pointer_moves_only_to_committed_checkpoints(registry: Registry, run_name: str) -> None:

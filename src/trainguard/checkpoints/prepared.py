@@ -12,16 +12,17 @@ every file's hash against the manifest, before any byte is used.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from trainguard.checkpoints._commit import check_commit, commit_staged, save_request, stage
-from trainguard.checkpoints._durable import StepFailed, remove_tree, write_file
+from trainguard.checkpoints._durable import StepFailed, make_dir, move_dir, remove_tree, write_file
 from trainguard.checkpoints._reading import read_manifest, verified_bytes
-from trainguard.checkpoints.codecs import FileRecord
-from trainguard.checkpoints.layout import staging_root
+from trainguard.checkpoints.codecs import FileRecord, write_state
+from trainguard.checkpoints.layout import StagingName, staging_root
 from trainguard.checkpoints.manifest import Manifest
 from trainguard.checkpoints.store import CheckpointStore
 from trainguard.errors import (
@@ -30,7 +31,7 @@ from trainguard.errors import (
     InvalidArgument,
     StateConflict,
 )
-from trainguard.registry import CheckpointRecord, CheckpointState, Lease
+from trainguard.registry import CheckpointRecord, CheckpointState, Lease, ProcessIdentity
 
 
 class PreparedSave:
@@ -77,12 +78,73 @@ class PreparedSave:
             commit_staged(self.store._context, self.request, staging, files, self.fmt)
         )
 
+    def gather(self, staged: StagedState, prefix: str = "") -> list[FileRecord]:
+        """Move a worker's staged files into this save's staging directory (renamed ``prefix + path``;
+        both directories fsynced) and remove the worker's emptied directory. Same filesystem: a rename."""
+        if self.staging is None:
+            raise StateConflict("prepared save", "not begun", "begin() makes the staging directory first")
+        root = self.store.root
+        source = staging_directory(root, staged.directory)
+        moved = []
+        for record in staged.files:
+            target = prefix + record.path
+            if "/" in target or target.startswith("."):
+                raise InvalidArgument("staged file", target, "must be one plain file name")
+            try:
+                move_dir(source / record.path, self.staging / target, root=root, fsync_step="stage-fsync")
+            except StepFailed as failed:
+                raise CheckpointWriteError(failed.step, failed.path, failed.cause) from failed.cause
+            moved.append(FileRecord(target, record.bytes, record.hash, record.codec))
+        remove_tree(source, root=root)
+        return moved
+
     def abandon(self) -> None:
         """Remove the staging directory of a save that will not commit (nothing is lost: it holds no
         committed checkpoint)."""
         if self.staging is not None:
             remove_tree(self.staging, root=self.store.root)
             self.staging = None
+
+
+@dataclass(frozen=True)
+class StagedState:
+    """What one worker staged for a save another process commits: its own staging directory (named after
+    the worker and the token it wrote under, so recovery can tell when it is abandoned) and the files in
+    it with the hashes computed while writing."""
+
+    directory: str
+    files: tuple[FileRecord, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"directory": self.directory, "files": [f.as_dict() for f in self.files]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StagedState:
+        """From a worker's report (it came over the network: the directory is checked to be one entry)."""
+        directory = str(data["directory"])
+        if not directory or "/" in directory or directory in (".", ".."):
+            raise InvalidArgument("staged", directory, "must be one directory name under the staging area")
+        files = tuple(
+            FileRecord(str(f["path"]), int(f["bytes"]), str(f["hash"]), str(f["codec"]))
+            for f in data["files"]
+        )
+        return cls(directory, files)
+
+
+def stage_state(root: Path, label: str, writer: ProcessIdentity, token: int, state: object) -> StagedState:
+    """Write ``state`` (safetensors + JSON, each file fsynced) into a new staging directory of the store at
+    ``root``, for a commit by another process (:meth:`PreparedSave.gather`). Non-finite tensors raise."""
+    directory = staging_root(root.resolve()) / StagingName.new(label, writer, token)
+    try:
+        make_dir(directory, root=root.resolve(), step="stage")
+        files = write_state(state, directory)
+    except StepFailed as failed:
+        remove_tree(directory, root=root.resolve())
+        raise CheckpointWriteError(failed.step, failed.path, failed.cause) from failed.cause
+    except BaseException:
+        remove_tree(directory, root=root.resolve())
+        raise
+    return StagedState(directory.name, tuple(files))
 
 
 def write_durable(path: Path, chunks: Iterable[bytes | memoryview]) -> tuple[int, str]:
@@ -121,4 +183,12 @@ def verified_file(name: str, directory: Path, record: FileRecord) -> np.ndarray:
     return verified_bytes(name, directory, record)
 
 
-__all__ = ["PreparedSave", "staging_directory", "verified_checkpoint", "verified_file", "write_durable"]
+__all__ = [
+    "PreparedSave",
+    "StagedState",
+    "stage_state",
+    "staging_directory",
+    "verified_checkpoint",
+    "verified_file",
+    "write_durable",
+]

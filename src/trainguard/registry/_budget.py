@@ -91,6 +91,28 @@ class BudgetOps(LeaseOps):
             raise RunNotFound(run, self.url)
         return RunRecord.from_row(row)
 
+    def draw(self, run: str, *, episodes: int = 0, steps: int = 0) -> bool:
+        """Charge ``episodes``/``steps`` only if they fit under the run's recorded limits; False (nothing
+        charged) when they do not. Under the run's lock: processes drawing from one budget at once (the
+        trials of a sweep) are never granted more than it holds between them."""
+        with self._transaction() as conn:
+            info = self._lock_run(conn, run)
+            for amount, spent, limit in (
+                (episodes, info.episodes_spent, info.limits.get("max_episodes")),
+                (steps, info.steps_spent, info.limits.get("max_steps")),
+            ):
+                if amount and limit is not None and spent + amount > limit:
+                    return False
+            conn.execute(
+                update(t.runs)
+                .where(t.runs.c.name == run)
+                .values(
+                    episodes_spent=t.runs.c.episodes_spent + episodes,
+                    steps_spent=t.runs.c.steps_spent + steps,
+                )
+            )
+        return True
+
     def record_heartbeat(self, run: str, token: int, detail: dict[str, Any]) -> None:
         """Latest liveness and progress of the run's holder (one row per run, overwritten)."""
         values = {

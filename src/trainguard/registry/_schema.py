@@ -146,7 +146,7 @@ processes = Table(
     Column("id", _AutoId, primary_key=True, autoincrement=True),
     Column("run", String(128), ForeignKey("tg_runs.name"), nullable=False),
     Column("token", BigInteger, nullable=False),
-    Column("role", String(16), nullable=False),  # launcher | child | guard
+    Column("role", String(16), nullable=False),  # launcher | child | guard | worker
     Column("host", Text, nullable=False),
     Column("host_key", Text, nullable=False),
     Column("pid", Integer, nullable=False),

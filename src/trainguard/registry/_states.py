@@ -30,6 +30,7 @@ class ProcessRole(StrEnum):
     LAUNCHER = "launcher"  # `trainguard run`, holding the lease for its child
     CHILD = "child"  # the command the launcher started
     GUARD = "guard"  # a process whose Guard accounts for the run
+    WORKER = "worker"  # a Ray Train worker staging files for the holder's commit
 
 
 class EventKind(StrEnum):
