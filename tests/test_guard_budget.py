@@ -125,7 +125,9 @@ def test_step_budget_stops_at_the_exact_tick(tmp_path: Path) -> None:
 def test_a_tick_of_many_steps_across_the_limit_charges_every_step_taken(tmp_path: Path) -> None:
     # tick(n) counts n steps already run (a vectorised env, a Ray report): the one that crosses both the
     # reservation and the limit was charged only up to the reservation (seen: 9 of 12 steps charged).
-    with Guard(run="jumps", store=str(tmp_path / "store"), max_steps=10, install_signal_handlers=False) as guard:
+    with Guard(
+        run="jumps", store=str(tmp_path / "store"), max_steps=10, install_signal_handlers=False
+    ) as guard:
         verdicts = [guard.tick(4) for _ in range(3)]
     assert verdicts == [True, True, False] and guard.stop_reason is StopReason.STEPS
     with _registry(tmp_path) as registry:
@@ -135,7 +137,9 @@ def test_a_tick_of_many_steps_across_the_limit_charges_every_step_taken(tmp_path
 def test_steps_counted_after_a_stop_are_charged_at_exit(tmp_path: Path) -> None:
     # A stop (a signal) sends tick() the slow way without reserving: the steps it counted were run all
     # the same, and the exit charges them (seen: a Ray run charged 5 of the 13 steps it ran).
-    with Guard(run="after", store=str(tmp_path / "store"), max_steps=100, install_signal_handlers=False) as guard:
+    with Guard(
+        run="after", store=str(tmp_path / "store"), max_steps=100, install_signal_handlers=False
+    ) as guard:
         assert guard.tick(4)
         guard.request_stop(StopReason.SIGNAL, "test: a preemption")
         assert not guard.tick(50)
