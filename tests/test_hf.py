@@ -144,3 +144,18 @@ def test_retention_never_takes_the_resume_source(tmp_path: Path) -> None:
         evicted = [r.name for r in guard.store.checkpoints(states=None) if r.name not in kept]
     assert source is not None and source.name in kept  # the one this run resumed from
     assert evicted  # keep_last=1 did evict: the protection is what kept the source
+
+
+def test_the_example_runs_and_a_second_start_with_the_budget_spent_takes_no_step(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    command = [sys.executable, "-m", "examples.hf.train", "--store", str(tmp_path / "s"), "--max-steps", "20"]
+    first = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=300, check=False)
+    assert first.returncode == 0 and "stopped at step 20: steps: 20 of 20 steps spent" in first.stdout, first
+    assert "checkpoints: checkpoint-20-t1" in first.stdout
+    second = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=300, check=False)
+    assert second.returncode == 3 and "has spent 20 steps of its 20 steps budget" in second.stderr, second
+    with Registry.open(f"sqlite:///{tmp_path / 's/.trainguard/registry.db'}") as registry:
+        assert registry.run("hf-example").steps_spent == 20

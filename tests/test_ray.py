@@ -8,6 +8,7 @@ starts (raylet, GCS, workers) dies with it, whatever happens to the test.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -31,17 +32,23 @@ JOB = Path(__file__).with_name("ray_job.py")
 JOB_TIMEOUT = 900.0
 
 
-def _in_own_namespaces(scenario: str, store: Path, out: Path, options: dict[str, Any]) -> Any:
+def _namespaced(*command: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     if shutil.which("unshare") is None:
         pytest.fail("`unshare` (util-linux) is needed to give Ray a loopback-only network namespace")
-    command = [
+    wrapped = [
         "unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc",
-        "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
-        sys.executable, str(JOB), scenario, str(store), str(out), json.dumps(options),
+        "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *command,
     ]  # fmt: skip
     # On a timeout subprocess.run kills unshare, --kill-child kills the namespace's first process, and the
     # kernel every other process in the namespace: nothing Ray started outlives the test.
-    done = subprocess.run(command, capture_output=True, text=True, timeout=JOB_TIMEOUT, check=False)
+    environment = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    return subprocess.run(
+        wrapped, capture_output=True, text=True, timeout=JOB_TIMEOUT, check=False, cwd=cwd, env=environment
+    )
+
+
+def _in_own_namespaces(scenario: str, store: Path, out: Path, options: dict[str, Any]) -> Any:
+    done = _namespaced(sys.executable, str(JOB), scenario, str(store), str(out), json.dumps(options))
     result = out / "result.json"
     assert done.returncode == 0 and result.exists(), done.stdout[-3000:] + done.stderr[-6000:]
     return json.loads(result.read_text())
@@ -207,3 +214,15 @@ def test_a_sweep_budget_is_shared_by_concurrent_trials(tmp_path: Path) -> None:
         assert spent["sweep"] == 10 == sum(per_trial.values())  # every episode run was drawn, once
         assert sorted(per_trial.values())[0] < 6  # a trial was stopped by the sweep, not by its own budget
         assert all(registry.checkpoints(name) for name, n in per_trial.items() if n >= 2)
+
+
+def test_the_example_runs_two_workers_to_the_budget(tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parent.parent
+    store = tmp_path / "store"
+    done = _namespaced(
+        sys.executable, "-m", "examples.ray.train", "--store", str(store), "--max-steps", "50", cwd=repo
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    assert "committed: step25-t1, step50-t1" in done.stdout, done.stdout[-3000:]
+    with _registry(store) as registry:
+        assert registry.run("ray-example").steps_spent == 50

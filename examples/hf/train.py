@@ -10,12 +10,13 @@ and the step budget is the run's. SIGTERM (or Ctrl-C) stops it after the current
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
-from trainguard import Guard
+from trainguard import BudgetExhausted, Guard
 from trainguard.integrations.hf import GuardCallback, resume
 
 
@@ -44,7 +45,15 @@ def main() -> None:
     parser.add_argument("--store", default="hf-store")
     parser.add_argument("--max-steps", type=int, default=60, help="the run's step budget (all restarts)")
     args = parser.parse_args()
-    with Guard(run="hf-example", store=args.store, max_steps=args.max_steps, keep_last=3) as guard:
+    try:
+        train(args.store, args.max_steps)
+    except BudgetExhausted as spent:  # a run whose budget is spent does not take one more step
+        print(f"trainguard: {spent}", file=sys.stderr)
+        raise SystemExit(spent.exit_code) from None
+
+
+def train(store: str, max_steps: int) -> None:
+    with Guard(run="hf-example", store=store, max_steps=max_steps, keep_last=3) as guard:
         training = TrainingArguments(
             output_dir=tempfile.mkdtemp(prefix="hf-"),  # HF's own copies are removed once committed
             max_steps=10_000,  # HF alone would run on: the Guard's budget ends it

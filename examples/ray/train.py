@@ -71,7 +71,7 @@ def main() -> None:
             train_loop_config={"trainguard": callback.worker_settings()},
             scaling_config=ScalingConfig(num_workers=args.workers),
             run_config=RunConfig(
-                storage_path=str(store / ".ray"),
+                storage_path=str(store.parent / "ray-results"),  # Ray's own files, outside the store
                 callbacks=[callback],  # type: ignore[list-item]
                 failure_config=FailureConfig(max_failures=1),
             ),
