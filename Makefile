@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo incident drill-hosts test lint unit stress crash-states bench bench-dcp clean
+.PHONY: demo incident drill-hosts test lint unit stress crash-states bench bench-dcp bench-frameworks bench-ray clean
 
 # The main job: a EUR/USD agent trained under every guard (about two minutes on two cores).
 demo: $(STAMP)
@@ -47,6 +47,14 @@ bench: $(STAMP)
 
 bench-dcp: $(STAMP)
 	$(BIN)/python -m torch.distributed.run --standalone --nproc-per-node 4 benchmarks/bench_dcp.py
+
+bench-frameworks: $(STAMP)
+	$(BIN)/python benchmarks/bench_frameworks.py --framework lightning --rounds 9 --every 10
+	$(BIN)/python benchmarks/bench_frameworks.py --framework hf --rounds 9 --steps 1000 --every 500
+
+# Ray in a network namespace with only loopback: it binds 127.0.0.1 and reaches nothing outside.
+bench-ray: $(STAMP)
+	unshare -n sh -c 'ip link set lo up && exec "$$@"' sh $(BIN)/python benchmarks/bench_ray.py --rounds 5
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
