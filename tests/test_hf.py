@@ -146,6 +146,22 @@ def test_retention_never_takes_the_resume_source(tmp_path: Path) -> None:
     assert evicted  # keep_last=1 did evict: the protection is what kept the source
 
 
+def test_retention_never_takes_the_checkpoint_hf_judges_best(tmp_path: Path) -> None:
+    # greater_is_better on the eval loss: the first evaluation (the worst model) stays "best" throughout
+    with _guard(tmp_path, max_steps=100, keep_last=1, install_signal_handlers=False) as guard:
+        trainer = _trainer(guard, tmp_path, max_steps=16)
+        trainer.eval_dataset = _Tokens()
+        trainer.args.eval_strategy = "steps"
+        trainer.args.eval_steps = 4
+        trainer.args.metric_for_best_model = "eval_loss"
+        trainer.args.greater_is_better = True
+        trainer.train()
+        kept = [r.name for r in guard.store.checkpoints()]
+        pinned = [r.name for r in guard.store.checkpoints() if r.pinned]
+    assert kept == ["checkpoint-4-t1", "checkpoint-16-t1"]  # keep_last=1 evicted 8 and 12, not the best
+    assert pinned == ["checkpoint-4-t1"]
+
+
 def test_the_example_runs_and_a_second_start_with_the_budget_spent_takes_no_step(tmp_path: Path) -> None:
     import subprocess
     import sys

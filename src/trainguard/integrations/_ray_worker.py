@@ -123,8 +123,10 @@ class RayGuard:
     def episodes(self) -> Generator[int, None, None]:
         """Episode numbers, continuing the run's count, until a budget or a stop ends the loop."""
         while self._agree(self._episode_verdict()):
-            yield self.episode + 1
-            self._episodes += 1
+            try:
+                yield self.episode + 1
+            finally:  # counted when the body is done - or abandoned (break, error): it ran, it was drawn
+                self._episodes += 1
 
     def _episode_verdict(self) -> int:
         left = self.notice.episodes_left

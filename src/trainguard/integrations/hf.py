@@ -16,7 +16,9 @@ verified checkpoint (``get_last_checkpoint`` would pick the highest number, comp
 The callback: one optimizer step is one ``tick()``, one epoch one episode; the decision to stop is
 ``all_reduce``d when a process group is up (HF does not sync ``should_training_stop``), and a stop saves a
 last checkpoint. A start with the budget already spent raises ``BudgetExhausted`` in ``on_train_begin``:
-HF would otherwise run one step before it reads ``should_training_stop``.
+HF would otherwise run one step before it reads ``should_training_stop``. With ``metric_for_best_model``
+the checkpoint HF judges best is pinned (retention never takes it); as HF's directories are removed,
+``load_best_model_at_end`` finds none: load the best from the store (``guard.store.load(name)``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class GuardCallback(TrainerCallback):
         self.guard = guard
         self.keep_hf_checkpoints = keep_hf_checkpoints
         self.committed: list[str] = []
+        self._by_step: dict[int, str] = {}  # global step -> the checkpoint committed at it
+        self._best: str | None = None  # the checkpoint this callback pinned as HF's best
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -97,9 +101,25 @@ class GuardCallback(TrainerCallback):
             snapshot, episode=guard.episode or 0, metrics=metrics, background=False, name=name
         )
         self.committed.append(record.result().name)
+        self._by_step[state.global_step] = self.committed[-1]
+        self._pin_best(state, args)
         written = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
         if not self.keep_hf_checkpoints and written.is_dir():
             shutil.rmtree(written)  # HF's copy: the store holds the checkpoint now
+
+    def _pin_best(self, state: TrainerState, args: TrainingArguments) -> None:
+        """HF's best (``metric_for_best_model``, judged at evaluation before the save) is pinned, so
+        retention never takes it; the one pinned before is unpinned (retention decides about it again)."""
+        best = self._by_step.get(state.best_global_step) if state.best_global_step else None
+        if best is None or best == self._best:
+            return
+        store = self.guard.store
+        store.pin(
+            best, reason=f"Hugging Face's best model ({args.metric_for_best_model} = {state.best_metric})"
+        )
+        if self._best is not None:
+            store.unpin(self._best, reason=f"no longer Hugging Face's best ({best} is)")
+        self._best = best
 
 
 def resume(trainer: Trainer, guard: Guard) -> str | None:
