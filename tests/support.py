@@ -61,3 +61,28 @@ def run_cli(
         env={**os.environ, **(env or {})},
         check=False,
     )
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_job(command: list[str], log: Path, timeout: float) -> int:
+    """Run ``command`` (a job of several processes: loopback only) in a session of its own, and reap the
+    whole session if it outlives ``timeout``; its exit status."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "src") + os.pathsep + str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "MASTER_ADDR": "127.0.0.1",
+    }
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            return process.wait(timeout=timeout)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)  # the job's own session: the launcher and its ranks
+                process.wait()

@@ -5,9 +5,6 @@ middle of a save, resharding 4 -> 2, a load that unpickles nothing - and one lea
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +16,7 @@ pytest.importorskip("torch")
 import torch
 
 from dcp_worker import full_state
+from support import run_job
 from trainguard.checkpoints import CheckpointStore
 from trainguard.checkpoints.layout import staging_root
 from trainguard.distributed import Reader
@@ -37,28 +35,6 @@ def _torchrun_command(ranks: int, mode: str, root: Path, out: Path, options: dic
     ]  # fmt: skip
 
 
-def _run_job(command: list[str], log: Path, timeout: float) -> int:
-    """Run ``command`` (a job of several processes: loopback only) in a session of its own, and reap the
-    whole session if it outlives ``timeout``; its exit status."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO / "src") + os.pathsep + str(REPO),
-        "OMP_NUM_THREADS": "1",
-        "GLOO_SOCKET_IFNAME": "lo",
-        "MASTER_ADDR": "127.0.0.1",
-    }
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            command, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            return process.wait(timeout=timeout)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)  # the job's own session: the launcher and its ranks
-                process.wait()
-
-
 def torchrun(
     ranks: int, mode: str, root: Path, out: Path, options: dict[str, Any], timeout: float = 180
 ) -> list[dict[str, Any]]:
@@ -66,7 +42,7 @@ def torchrun(
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("rank-*.json"):
         old.unlink()
-    _run_job(_torchrun_command(ranks, mode, root, out, options), out / f"{mode}.log", timeout)
+    run_job(_torchrun_command(ranks, mode, root, out, options), out / f"{mode}.log", timeout)
     seen = {}
     for path in out.glob("rank-*.json"):
         entry = json.loads(path.read_text())
@@ -192,7 +168,7 @@ def test_trainguard_run_supervises_a_torchrun_job_that_adopts_its_lease(tmp_path
     )
     torchrun_command = _torchrun_command(2, "job", root, out, {"from_config": True})
     command = [sys.executable, "-m", "trainguard", "run", "-c", str(config), "--", *torchrun_command]
-    status = _run_job(command, out / "run.log", timeout=180)
+    status = run_job(command, out / "run.log", timeout=180)
     log = (out / "run.log").read_text()
     assert status == 3, log[-3000:]  # a guard rule (the budget) ended it, as designed
     assert "stopped (episodes) by the Guard in the child" in log

@@ -3,8 +3,10 @@ weights downloaded), trained for real on CPU."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ pytest.importorskip("transformers")
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
+from support import run_job
 from trainguard import Guard, Registry, StopReason
 from trainguard.errors import BudgetExhausted, LeaseLost
 from trainguard.integrations.hf import GuardCallback, resume
@@ -175,3 +178,37 @@ def test_the_example_runs_and_a_second_start_with_the_budget_spent_takes_no_step
     assert second.returncode == 3 and "has spent 20 steps of its 20 steps budget" in second.stderr, second
     with Registry.open(f"sqlite:///{tmp_path / 's/.trainguard/registry.db'}") as registry:
         assert registry.run("hf-example").steps_spent == 20
+
+
+def _two_ranks(tmp_path: Path, budget: int) -> list[dict[str, Any]]:
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    for old in out.glob("rank-*.json"):
+        old.unlink()
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        str(Path(__file__).with_name("hf_ranks.py")), str(tmp_path / "store"), str(out), str(budget),
+    ]  # fmt: skip
+    run_job(command, out / "job.log", timeout=240)
+    seen = sorted((json.loads(p.read_text()) for p in out.glob("rank-*.json")), key=lambda e: e["rank"])
+    assert len(seen) == 2, (out / "job.log").read_text()[-4000:]
+    return seen
+
+
+def test_two_processes_stop_save_resume_and_refuse_together(tmp_path: Path) -> None:
+    """torchrun, two ranks (DDP, gloo), the Guard on rank 0: the budget stop, the last checkpoint, the
+    resume and the refusal of a spent start are every rank's, and nobody waits in a collective forever."""
+    first = _two_ranks(tmp_path, budget=6)
+    assert [(e["started"], e["stopped"], e.get("error")) for e in first] == [(0, 6, None), (0, 6, None)]
+    assert first[0]["weights"] == first[1]["weights"]  # DDP kept them equal
+    with _registry(tmp_path) as registry:
+        assert [r.name for r in registry.checkpoints("hf-ranks")] == ["checkpoint-4-t1", "checkpoint-6-t1"]
+        registry.extend_budget("hf-ranks", steps=4, reason="test: four more steps")
+    second = _two_ranks(tmp_path, budget=6)  # the config unchanged: the extension is added on top
+    assert [(e["started"], e["stopped"], e.get("error")) for e in second] == [(6, 10, None), (6, 10, None)]
+    third = _two_ranks(tmp_path, budget=6)
+    assert third[0]["error"].startswith("BudgetExhausted") and "rank 0 refused" in third[1]["error"]
+    assert third[0]["stopped"] == third[1]["stopped"] == 10  # refused before a step, on both ranks
+    with _registry(tmp_path) as registry:
+        assert registry.run("hf-ranks").steps_spent == 10
+        assert registry.run("hf-ranks").last_token == 3  # one lease per job: rank 1 never took one

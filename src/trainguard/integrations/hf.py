@@ -4,6 +4,9 @@
         trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[GuardCallback(guard)])
         trainer.train(resume_from_checkpoint=resume(trainer, guard))   # None for a new run
 
+Under torchrun the Guard is rank 0's alone (one lease per job): the other ranks pass ``None`` to
+``GuardCallback`` and ``resume`` and follow rank 0 through collectives (tests/hf_ranks.py).
+
 What is kept: at every ``on_save`` (right after HF wrote ``checkpoint-N``) the callback commits, under the
 Guard's token, the model's and the optimizer's and the scheduler's ``state_dict`` (tensors in
 safetensors), the ``TrainerState`` (JSON) and the RNG states (torch's as a tensor, Python's and numpy's as
@@ -43,9 +46,13 @@ except ImportError as error:  # an optional integration: say which extra brings 
 
 
 class GuardCallback(TrainerCallback):
-    """Budgets, the lease and the commit of every checkpoint in HF's ``Trainer`` (see the module's doc)."""
+    """Budgets, the lease and the commit of every checkpoint in HF's ``Trainer`` (see the module's doc).
 
-    def __init__(self, guard: Guard, *, keep_hf_checkpoints: bool = False) -> None:
+    ``guard``: the Guard, on the process that holds the run; with several processes (torchrun) that is
+    rank 0, and the others pass ``None``: they follow rank 0's decisions, which every hook agrees with
+    collectives, so all ranks stop, save and refuse together."""
+
+    def __init__(self, guard: Guard | None, *, keep_hf_checkpoints: bool = False) -> None:
         self.guard = guard
         self.keep_hf_checkpoints = keep_hf_checkpoints
         self.committed: list[str] = []
@@ -56,39 +63,47 @@ class GuardCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         guard = self.guard
-        if guard.stop is None and guard.tick(0):
-            return
-        budget = str(guard.stop_reason or StopReason.STEPS)
-        limit = getattr(guard.limits, budget, None)
-        if limit is None:  # stopped for another reason than a spent budget (a lost lease, a signal)
-            raise RuntimeError(f"trainguard: run {guard.run!r} cannot train: {guard.stop}")
-        raise BudgetExhausted(guard.run, budget, float(limit), float(limit))
+        refusal = None if guard is None or (guard.stop is None and guard.tick(0)) else _refusal(guard)
+        told = _from_rank_zero(str(refusal) if refusal is not None else None)
+        if refusal is not None:
+            raise refusal
+        if told is not None:  # every rank refuses, or the others would wait for rank 0 forever
+            raise RuntimeError(f"trainguard: rank 0 refused to train: {told}")
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        if _agreed(not self.guard.tick(1) or self.guard.stop is not None):
-            control.should_training_stop = True
-            control.should_save = not self.guard.fenced  # a last checkpoint, unless nothing can commit
+        guard = self.guard
+        self._follow(control, guard is not None and (not guard.tick(1) or guard.stop is not None))
 
     def on_epoch_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        if not control.should_training_stop and _agreed(not self.guard.complete_episode()):
+        if not control.should_training_stop:
+            self._follow(control, self.guard is not None and not self.guard.complete_episode())
+
+    def _follow(self, control: TrainerControl, stop: bool) -> None:
+        fenced = self.guard is not None and self.guard.fenced
+        verdict = _agreed(_GO if not stop else _FENCED if fenced else _STOP)
+        if verdict != _GO:
             control.should_training_stop = True
-            control.should_save = not self.guard.fenced
+            control.should_save = verdict == _STOP  # a last checkpoint, unless nothing can commit
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        rngs = _gathered(_rng_states())  # every rank's generators, for a resume of every rank
+        _barrier()  # every rank is done writing its part of HF's directory before rank 0 removes it
         guard = self.guard
-        if args.process_index != 0:  # one commit per checkpoint, by the process that holds the Guard
+        if guard is None:  # one commit per checkpoint, by the process that holds the Guard
             return
         snapshot: dict[str, Any] = {
             "model": kwargs["model"].state_dict(),
             "trainer_state": json.loads(json.dumps(dataclasses.asdict(state))),
-            "rng": _rng_states(),
+            "rng": rngs[0],
         }
+        if len(rngs) > 1:
+            snapshot["rng_ranks"] = rngs
         if kwargs.get("optimizer") is not None:
             snapshot["optimizer"] = kwargs["optimizer"].state_dict()
         if kwargs.get("lr_scheduler") is not None:
@@ -102,18 +117,18 @@ class GuardCallback(TrainerCallback):
         )
         self.committed.append(record.result().name)
         self._by_step[state.global_step] = self.committed[-1]
-        self._pin_best(state, args)
+        self._pin_best(guard, state, args)
         written = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
         if not self.keep_hf_checkpoints and written.is_dir():
             shutil.rmtree(written)  # HF's copy: the store holds the checkpoint now
 
-    def _pin_best(self, state: TrainerState, args: TrainingArguments) -> None:
+    def _pin_best(self, guard: Guard, state: TrainerState, args: TrainingArguments) -> None:
         """HF's best (``metric_for_best_model``, judged at evaluation before the save) is pinned, so
         retention never takes it; the one pinned before is unpinned (retention decides about it again)."""
         best = self._by_step.get(state.best_global_step) if state.best_global_step else None
         if best is None or best == self._best:
             return
-        store = self.guard.store
+        store = guard.store
         store.pin(
             best, reason=f"Hugging Face's best model ({args.metric_for_best_model} = {state.best_metric})"
         )
@@ -122,10 +137,16 @@ class GuardCallback(TrainerCallback):
         self._best = best
 
 
-def resume(trainer: Trainer, guard: Guard) -> str | None:
+def resume(trainer: Trainer, guard: Guard | None) -> str | None:
     """``resume_from_checkpoint`` for ``trainer.train``: a ``checkpoint-N`` directory written from the
     store's newest verified checkpoint (weights loaded into ``trainer.model`` first), or None for a new
-    run. The pickles HF reads back (optimizer, scheduler, RNG) are written here from verified data."""
+    run. The pickles HF reads back (optimizer, scheduler, RNG) are written here from verified data. With
+    several processes, rank 0 (``guard``) writes it and every rank gets its path (``guard=None``)."""
+    path: str | None = _from_rank_zero(_write_resume_directory(trainer, guard) if guard is not None else None)
+    return path
+
+
+def _write_resume_directory(trainer: Trainer, guard: Guard) -> str | None:
     loaded = guard.resume()
     if loaded is None:
         return None
@@ -140,17 +161,57 @@ def resume(trainer: Trainer, guard: Guard) -> str | None:
         torch.save(state["optimizer"], target / "optimizer.pt")
     if "scheduler" in state:
         torch.save(state["scheduler"], target / "scheduler.pt")
-    torch.save(_rng_from(state["rng"]), target / "rng_state.pth")
+    if "rng_ranks" in state:  # HF reads rng_state_<rank>.pth when several processes train
+        for rank, saved in enumerate(state["rng_ranks"]):
+            torch.save(_rng_from(saved), target / f"rng_state_{rank}.pth")
+    else:
+        torch.save(_rng_from(state["rng"]), target / "rng_state.pth")
     return str(target)
 
 
-def _agreed(stop: bool) -> bool:
+_GO, _STOP, _FENCED = 0, 1, 2  # agreed with MAX: a fenced rank 0 means no last checkpoint anywhere
+
+
+def _refusal(guard: Guard) -> Exception:
+    budget = str(guard.stop_reason or StopReason.STEPS)
+    limit = getattr(guard.limits, budget, None)
+    if limit is None:  # stopped for another reason than a spent budget (a lost lease, a signal)
+        return RuntimeError(f"trainguard: run {guard.run!r} cannot train: {guard.stop}")
+    return BudgetExhausted(guard.run, budget, float(limit), float(limit))
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _from_rank_zero(value: Any) -> Any:
+    if not _distributed():
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _gathered(value: Any) -> list[Any]:
+    if not _distributed():
+        return [value]
+    every: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(every, value)
+    return every
+
+
+def _barrier() -> None:
+    if _distributed():
+        torch.distributed.barrier()
+
+
+def _agreed(verdict: int) -> int:
     """The same decision on every process (HF does not sync ``should_training_stop``)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        vote = torch.tensor([int(stop)])
+    if _distributed():
+        vote = torch.tensor([verdict])
         torch.distributed.all_reduce(vote, op=torch.distributed.ReduceOp.MAX)
-        return bool(vote.item())
-    return stop
+        return int(vote.item())
+    return verdict
 
 
 def _rng_states() -> dict[str, Any]:
