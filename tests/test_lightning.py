@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from examples.lightning.train import Regressor
+from support import run_job
 from trainguard import Guard, Registry, StopReason
 from trainguard.errors import LeaseLost
 from trainguard.integrations.lightning import PREFIX, GuardCallback, StoreCheckpointIO, resume_path
@@ -168,3 +169,52 @@ def test_the_example_runs_and_a_second_run_resumes_within_the_same_budget(tmp_pa
         for _ in range(2)
     ]
     assert all("stopped at step 40: steps: 40 of 40 steps spent" in out for out in outputs), outputs
+
+
+def _two_ranks(tmp_path: Path, budget: int, *extra: str) -> list[dict[str, Any]]:
+    import json
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    for old in out.glob("rank-*.json"):
+        old.unlink()
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        str(Path(__file__).with_name("lightning_ranks.py")),
+        str(tmp_path / "store"), str(out), str(budget), *extra,
+    ]  # fmt: skip
+    run_job(command, out / "job.log", timeout=240)
+    seen = sorted((json.loads(p.read_text()) for p in out.glob("rank-*.json")), key=lambda e: e["rank"])
+    assert len(seen) == 2, (out / "job.log").read_text()[-4000:]
+    return seen
+
+
+def test_two_ddp_processes_stop_resume_and_refuse_together(tmp_path: Path) -> None:
+    """torchrun, two ranks (DDP, gloo), the Guard on rank 0: budget stops, the last checkpoint, the resume
+    from the store (rank 1 reads it itself) and a spent start are every rank's; nobody hangs."""
+    first = _two_ranks(tmp_path, 6)
+    assert [(e["started"], e["stopped"], e.get("error")) for e in first] == [(0, 6, None), (0, 6, None)]
+    assert first[0]["weights"] == first[1]["weights"]
+    registry_url = f"sqlite:///{tmp_path / 'store/.trainguard/registry.db'}"
+    with Registry.open(registry_url) as registry:
+        names = [r.name for r in registry.checkpoints("pl-ranks")]
+        registry.extend_budget("pl-ranks", steps=4, reason="test: four more steps")
+    assert names[0].endswith("-s4-t1") and names[-1] == "stopped-s6-t1", names
+    second = _two_ranks(tmp_path, 6)  # the config unchanged: the extension is added on top
+    assert [(e["started"], e["stopped"], e.get("error")) for e in second] == [(6, 10, None), (6, 10, None)]
+    assert second[0]["weights"] == second[1]["weights"]
+    third = _two_ranks(tmp_path, 6)
+    assert [(e["started"], e["stopped"]) for e in third] == [(10, 10), (10, 10)]  # not one step
+    with Registry.open(registry_url) as registry:
+        assert registry.run("pl-ranks").steps_spent == 10
+        assert registry.run("pl-ranks").last_token == 3  # one lease per job: rank 1 never took one
+
+
+def test_sigterm_on_a_rank_without_the_guard_stops_every_rank_with_a_last_checkpoint(tmp_path: Path) -> None:
+    seen = _two_ranks(tmp_path, 1000, "3")
+    stopped = {e["stopped"] for e in seen}
+    assert len(stopped) == 1 and stopped <= {3, 4}, seen  # both ranks, after the batch that was signalled
+    with Registry.open(f"sqlite:///{tmp_path / 'store/.trainguard/registry.db'}") as registry:
+        last = registry.checkpoints("pl-ranks")[-1]
+    assert last.metrics["global_step"] == stopped.pop() and last.name.startswith("stopped-")
