@@ -216,7 +216,7 @@ def test_a_sweep_budget_is_shared_by_concurrent_trials(tmp_path: Path) -> None:
         assert all(registry.checkpoints(name) for name, n in per_trial.items() if n >= 2)
 
 
-def test_the_example_runs_two_workers_to_the_budget(tmp_path: Path) -> None:
+def test_the_example_runs_two_workers_to_the_budget_and_a_second_start_is_one_line(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parent.parent
     store = tmp_path / "store"
     done = _namespaced(
@@ -224,5 +224,11 @@ def test_the_example_runs_two_workers_to_the_budget(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     assert "committed: step25-t1, step50-t1" in done.stdout, done.stdout[-3000:]
+    again = _namespaced(
+        sys.executable, "-m", "examples.ray.train", "--store", str(store), "--max-steps", "50", cwd=repo
+    )
+    assert again.returncode == 3, again.stdout[-3000:] + again.stderr[-6000:]
+    assert "trainguard: run 'ray-example' has spent 50 steps of its 50 steps budget" in again.stderr
+    # (Ray's controller logs the refusal with its own traceback, forwarded to the driver's stderr.)
     with _registry(store) as registry:
         assert registry.run("ray-example").steps_spent == 50

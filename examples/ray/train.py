@@ -10,6 +10,7 @@ lease (FailureConfig(max_failures=1)); SIGTERM (or Ctrl-C) stops every worker wi
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, prepare_model
 
 from trainguard.config import parse_config
+from trainguard.errors import BudgetExhausted
 from trainguard.integrations.ray import GuardCallback, RayGuard, fit
 
 
@@ -77,6 +79,9 @@ def main() -> None:
             ),
         )
         fit(trainer, callback)
+    except BudgetExhausted as spent:  # a run whose budget is spent does not start a worker
+        print(f"trainguard: {spent}", file=sys.stderr)
+        raise SystemExit(spent.exit_code) from None
     finally:
         ray.shutdown()
     print(f"committed: {', '.join(sorted(p.name for p in store.iterdir() if not p.name.startswith('.')))}")

@@ -46,7 +46,14 @@ from typing import Any
 
 from trainguard.checkpoints.prepared import PreparedSave, StagedState
 from trainguard.config import TrainguardConfig, load_config
-from trainguard.errors import BudgetExhausted, CommitFenced, InvalidArgument, LeaseLost, MissingDependency
+from trainguard.errors import (
+    BudgetExhausted,
+    CommitFenced,
+    InvalidArgument,
+    LeaseLost,
+    MissingDependency,
+    TrainguardError,
+)
 from trainguard.guard import Guard, StopReason
 from trainguard.integrations._ray_attempt import (
     AttemptNotice,
@@ -272,12 +279,20 @@ def fit(trainer: Any, callback: GuardCallback) -> Any:
     """``trainer.fit()`` where SIGTERM or SIGINT (a preemption, Ctrl-C) stops the run gracefully: every
     worker finishes its step, reports a last checkpoint, the controller commits it. A second signal is
     left to its previous handler. Raises ``LeaseLost`` when the run ended fenced (its lease revoked or
-    taken over: nothing after that was committed), where Ray itself would report a success."""
+    taken over: nothing after that was committed), where Ray itself would report a success, and a
+    trainguard refusal of the controller (``BudgetExhausted`` for a spent budget) as itself."""
     store, run = callback.store, callback.run
     clear_stop_request(store, run)
     with _forwarding_signals(lambda signum: request_stop(store, run, _signal_reason(signum))):
         try:
             result = trainer.fit()
+        except Exception as error:
+            # Ray wraps what the controller raised; a trainguard refusal (a spent budget, a lost lease) is
+            # re-raised as itself, so the caller can tell it from a crash.
+            refusal = getattr(error, "controller_failure", None)
+            if isinstance(refusal, TrainguardError):
+                raise refusal from error
+            raise
         finally:
             clear_stop_request(store, run)
     notice = read_notice(store, run)
