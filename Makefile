@@ -22,7 +22,7 @@ drill-hosts: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,torch,postgres,report,signing,sb3,lightning,hf,ray,demo]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,torch,postgres,report,signing,sb3,lightning,hf,ray,s3,demo]'
 	touch $(STAMP)
 
 test: lint unit
