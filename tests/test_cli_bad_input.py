@@ -63,6 +63,13 @@ CASES: list[tuple[str, list[str], str]] = [
         "not a directory",
     ),
     ("binary features for adopt", [*ADOPT, "--features", "{w}/binary.yaml"], "not UTF-8"),
+    (
+        "an s3:// store for run",
+        ["run", "--run", "r", "--store", "s3://b/runs", "--", "true"],
+        "not supported yet",
+    ),
+    ("an s3:// store for ckpt ls", ["ckpt", "ls", "r", "--store", "s3://b/runs"], "not supported yet"),
+    ("an s3:// store in the config", [*CHECK, "@store: s3://b/runs"], "not supported yet"),
     ("a lease ttl of 3e-7", [*CHECK, "@monitoring: {lease_ttl: 3.0e-7}"], "monitoring.lease_ttl"),
     (
         "a heartbeat of 1e32 s",

@@ -26,6 +26,11 @@ _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 MAX_NAME_LENGTH = 128
 
 
+# s3://, gs://, file:/ - a URL where a store path is expected (Path() would make "s3://b/p" the local
+# directory "s3:/b/p").
+URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
+
+
 def validate_name(value: object, what: str = "run") -> str:
     """Return ``value`` if it is a safe run/checkpoint name, else raise :class:`InvalidName`."""
     if not isinstance(value, str):
@@ -140,6 +145,7 @@ __all__ = [
     "DEFAULT_REGISTRY_FILE",
     "MAX_NAME_LENGTH",
     "META_DIRECTORY",
+    "URL_SCHEME",
     "CountPattern",
     "count_pattern",
     "default_registry_url",

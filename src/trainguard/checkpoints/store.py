@@ -34,7 +34,7 @@ from trainguard.errors import (
     StateConflict,
 )
 from trainguard.fingerprint import Fingerprint
-from trainguard.names import validate_name
+from trainguard.names import URL_SCHEME, validate_name
 from trainguard.registry import (
     DEFAULT_LEASE_TTL,
     CheckpointRecord,
@@ -81,6 +81,10 @@ class CheckpointStore:
         if format not in FORMATS:
             raise InvalidArgument("format", format, f"must be one of {', '.join(FORMATS)}")
         writer = create_run and not read_only
+        if URL_SCHEME.match(str(root)):  # not a path: Path("s3://b/p") is the local directory "s3:/b/p"
+            raise InvalidArgument(
+                "root", str(root), "object storage is not supported yet: give a filesystem path"
+            )
         self.root = Path(root).resolve()
         if writer:
             try:

@@ -19,7 +19,7 @@ from trainguard.checkpoints.signing import signing_of
 from trainguard.config import TrainguardConfig, load_config
 from trainguard.config.units import parse_duration
 from trainguard.errors import InvalidArgument
-from trainguard.names import validate_name
+from trainguard.names import URL_SCHEME, validate_name
 from trainguard.registry import Registry, default_registry_url
 
 JSON_VERSION = 1
@@ -125,6 +125,8 @@ def locate(args: argparse.Namespace) -> Location:
     run = validate_name(args.run, "run")
     path = config_path(args)
     config = load_config(path, overrides={"run": run}) if path else None
+    if args.store and URL_SCHEME.match(args.store):  # Path() would turn it into a local "s3:/..." directory
+        raise InvalidArgument("--store", args.store, "object storage is not supported yet: give a directory")
     store = Path(args.store) if args.store else (config.store_path() if config else None)
     url = _registry_url(args, config)
     if url is None:

@@ -14,7 +14,7 @@ from trainguard.config._project import Translation
 from trainguard.config._thresholds import parse_threshold
 from trainguard.config.units import parse_duration, parse_size
 from trainguard.errors import MISSING, ConfigError, InvalidArgument, InvalidName
-from trainguard.names import default_registry_url, registry_url, validate_name
+from trainguard.names import URL_SCHEME, default_registry_url, registry_url, validate_name
 
 T = TypeVar("T")
 
@@ -275,6 +275,9 @@ class TrainguardConfig(_Section):
     @field_validator("store", mode="before")
     @classmethod
     def _path_text(cls, value: object) -> object:
+        if isinstance(value, str) and URL_SCHEME.match(value):
+            # Path("s3://b/p") is the local directory "s3:/b/p": refused here, not created later.
+            raise ValueError("object storage is not supported yet: give a filesystem path")
         return _no_nul(value)
 
     @field_validator("registry")
