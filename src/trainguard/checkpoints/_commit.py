@@ -49,7 +49,7 @@ from trainguard.errors import (
 )
 from trainguard.fingerprint import Fingerprint
 from trainguard.names import validate_name
-from trainguard.registry import CheckpointRecord, CommitVerdict, EventKind, Lease
+from trainguard.registry import CheckpointRecord, CommitVerdict, EventKind, Lease, Registry
 
 MAX_EPISODE = 2**63 - 1  # what the registry can store
 
@@ -134,6 +134,15 @@ def _save_errors(name: str) -> Iterator[None]:
         raise CheckpointWriteError(failed.step, failed.path, failed.cause) from failed.cause
     except (NonFiniteValues, UnsupportedValue, ValueError, TypeError) as error:
         raise CheckpointRejected(name, str(error)) from error
+
+
+def check_fresh(registry: Registry, run: str, request: SaveRequest) -> None:
+    """Before other processes (ranks, uploads) spend work on a save that the registry will decide only at
+    the end: the token is still the run's live lease (LeaseLost; first, so a stale writer hears that it is
+    fenced, not that the name is taken), and the name is unused (names are never reused)."""
+    request.lease.renew()
+    if registry.find_checkpoint(run, request.name) is not None:
+        raise CheckpointRejected(request.name, "a checkpoint of this name exists; names are never reused")
 
 
 def check_commit(store: StoreContext, request: SaveRequest) -> None:
@@ -327,4 +336,13 @@ def _set_aside(
     )
 
 
-__all__ = ["MAX_EPISODE", "SaveRequest", "check_commit", "commit", "commit_staged", "save_request", "stage"]
+__all__ = [
+    "MAX_EPISODE",
+    "SaveRequest",
+    "check_commit",
+    "check_fresh",
+    "commit",
+    "commit_staged",
+    "save_request",
+    "stage",
+]

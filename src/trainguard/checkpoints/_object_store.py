@@ -22,11 +22,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from trainguard._os.hashing import hash_bytes
-from trainguard.checkpoints import _safetensors as st
 from trainguard.checkpoints._bucket import Bucket, Uploaded
-from trainguard.checkpoints._commit import save_request
-from trainguard.checkpoints._tree import flatten
-from trainguard.checkpoints.codecs import TENSORS_FILE, TREE_FILE, FileRecord, NonFiniteValues, read_state
+from trainguard.checkpoints._commit import check_fresh, save_request
+from trainguard.checkpoints._durable import Chunk
+from trainguard.checkpoints.codecs import FileRecord, check_finite_chunk, encode_state, read_state
 from trainguard.checkpoints.layout import STAGING, StagingName
 from trainguard.checkpoints.manifest import MANIFEST_FILE, Manifest
 from trainguard.errors import (
@@ -60,10 +59,7 @@ class ObjectStore:
         request = save_request(
             self.run, state, episode=episode, lease=lease, metrics=metrics, name=name, parent=self._last
         )
-        # 1. the token first: a stale writer must hear that it is fenced, not that the name is taken
-        lease.renew()
-        if self.registry.find_checkpoint(self.run, request.name) is not None:
-            raise CheckpointRejected(request.name, "a checkpoint of this name exists; names are never reused")
+        check_fresh(self.registry, self.run, request)  # 1.
         # 2-3. a staging prefix of this writer's own, the objects hashed on their way up
         writer = self.registry.identity
         staging = self.bucket.address.key(STAGING, StagingName.new(request.name, writer, lease.token))
@@ -83,7 +79,8 @@ class ObjectStore:
             origin={"objects": staging},
         )
         body = manifest.to_bytes()
-        self._require(self.bucket.put_new(f"{staging}/{MANIFEST_FILE}", body).done, staging, "manifest")
+        if not self.bucket.put_new(f"{staging}/{MANIFEST_FILE}", body).done:
+            raise _occupied(staging, "manifest")
         # 5. the registry decides
         record = CheckpointRecord(
             run=self.run,
@@ -119,33 +116,13 @@ class ObjectStore:
         return self.registry.checkpoint(self.run, request.name)
 
     def _upload_state(self, staging: str, state: object) -> list[FileRecord]:
-        skeleton, tensors = flatten(state)
-        frameworks: dict[str, str] = {}
-        items = []
-        for key, value in tensors.items():
-            data, frameworks[key] = st.tensor_bytes(key, value)
-            items.append(data)
         files = []
-        if items:
-            sent = self.bucket.upload(
-                f"{staging}/{TENSORS_FILE}", _finite(st.encode(items, {"format": "trainguard"}))
-            )
-            files.append(FileRecord(TENSORS_FILE, *self._sent(sent, staging), "safetensors"))
-        tree = json.dumps({"skeleton": skeleton, "frameworks": frameworks}, sort_keys=True, allow_nan=False)
-        sent = self.bucket.upload(f"{staging}/{TREE_FILE}", [tree.encode()])
-        files.append(FileRecord(TREE_FILE, *self._sent(sent, staging), "json"))
+        for encoded in encode_state(state):  # the same files a save on disk writes
+            sent = self.bucket.upload(f"{staging}/{encoded.path}", _finite(encoded.chunks))
+            if not isinstance(sent, Uploaded):
+                raise _occupied(staging, "upload")
+            files.append(FileRecord(encoded.path, sent.size, sent.digest, encoded.codec))
         return files
-
-    def _sent(self, sent: object, staging: str) -> tuple[int, str]:
-        if not isinstance(sent, Uploaded):  # a fresh staging prefix holds nothing: someone else writes in it
-            raise CheckpointWriteError(
-                "upload", staging, FileExistsError(f"{staging}: an object was already there")
-            )
-        return sent.size, sent.digest
-
-    def _require(self, done: bool, key: str, what: str) -> None:
-        if not done:
-            raise CheckpointWriteError(what, key, FileExistsError(f"{key}: an object was already there"))
 
     def _read(self, key: str) -> bytes:
         return bytes(self.bucket.client.get_object(Bucket=self.bucket.address.bucket, Key=key)["Body"].read())
@@ -179,13 +156,15 @@ class ObjectStore:
         return read_state(name, files)
 
 
-def _finite(chunks: list[tuple[memoryview, Any]]) -> Iterator[memoryview]:
+def _occupied(key: str, step: str) -> CheckpointWriteError:
+    # A fresh staging prefix holds nothing: an object already there means someone else writes in it.
+    return CheckpointWriteError(step, key, FileExistsError(f"{key}: an object was already there"))
+
+
+def _finite(chunks: list[Chunk]) -> Iterator[memoryview]:
     """The file's chunks, each tensor checked for NaN/inf before it is sent (as on disk)."""
     for piece, tag in chunks:
-        if isinstance(tag, tuple):
-            key, code = tag
-            if count := st.count_non_finite(piece, code):
-                raise NonFiniteValues(key, count)
+        check_finite_chunk(piece, tag)
         yield piece
 
 

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from trainguard._os.hashing import format_digest, new_hasher
 from trainguard._os.optional import require
 from trainguard.checkpoints import _safetensors as st
-from trainguard.checkpoints._durable import StepFailed, new_durable_file, write_all, write_file
+from trainguard.checkpoints._durable import Chunk, StepFailed, new_durable_file, write_all, write_file
 from trainguard.checkpoints._tree import flatten, tensor_keys, unflatten
 from trainguard.errors import CorruptCheckpoint, UnsafeCheckpoint
 
@@ -74,28 +74,45 @@ def write_state(
         return [_write_torch(state, directory / TORCH_FILE)]
     if fmt != "safetensors":
         raise ValueError(f"checkpoint format {fmt!r}: must be one of {', '.join(FORMATS)}")
-    skeleton, tensors = flatten(state)
+    inspect = check_finite_chunk if check_finite else None
     records = []
+    for encoded in encode_state(state):
+        size, digest = write_file(directory / encoded.path, encoded.chunks, inspect=inspect)
+        records.append(FileRecord(encoded.path, size, digest, encoded.codec))
+    return records
+
+
+@dataclass(frozen=True)
+class EncodedFile:
+    """One file of a state in the safetensors format, as chunks: a tensor's chunk is tagged (key, dtype
+    code) for ``check_finite_chunk``; whoever writes them (a file, an object store) hashes them."""
+
+    path: str
+    codec: str
+    chunks: list[Chunk]
+
+
+def encode_state(state: object) -> list[EncodedFile]:
+    """``state`` as the store keeps it: its tensors in one safetensors file (when it has any) and the rest
+    of the tree, with each tensor's framework, in JSON."""
+    skeleton, tensors = flatten(state)
+    files = []
     frameworks: dict[str, str] = {}
     if tensors:
         items = []
         for key, value in tensors.items():
             data, frameworks[key] = st.tensor_bytes(key, value)
             items.append(data)
-        inspect = _check_finite if check_finite else None
-        size, digest = write_file(
-            directory / TENSORS_FILE, st.encode(items, {"format": "trainguard"}), inspect=inspect
-        )
-        records.append(FileRecord(TENSORS_FILE, size, digest, "safetensors"))
+        files.append(EncodedFile(TENSORS_FILE, "safetensors", st.encode(items, {"format": "trainguard"})))
     tree = json.dumps(
         {"skeleton": skeleton, "frameworks": frameworks}, sort_keys=True, allow_nan=False
     ).encode()
-    size, digest = write_file(directory / TREE_FILE, [(memoryview(tree), None)])
-    records.append(FileRecord(TREE_FILE, size, digest, "json"))
-    return records
+    files.append(EncodedFile(TREE_FILE, "json", [(memoryview(tree), None)]))
+    return files
 
 
-def _check_finite(piece: memoryview, tag: object) -> None:
+def check_finite_chunk(piece: memoryview, tag: object) -> None:
+    """Raise NonFiniteValues for a tensor chunk (tagged by ``encode_state``) with NaN/inf in it."""
     if isinstance(tag, tuple):
         key, code = tag
         bad = st.count_non_finite(piece, code)
@@ -253,9 +270,12 @@ __all__ = [
     "TORCH_FILE",
     "TREE_FILE",
     "AdoptedFile",
+    "EncodedFile",
     "FileRecord",
     "NonFiniteValues",
+    "check_finite_chunk",
     "check_torch_file",
+    "encode_state",
     "load_torch_bytes",
     "read_state",
     "validate_staged",

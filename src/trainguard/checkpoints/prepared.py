@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from trainguard.checkpoints._commit import check_commit, commit_staged, save_request, stage
+from trainguard.checkpoints._commit import check_commit, check_fresh, commit_staged, save_request, stage
 from trainguard.checkpoints._durable import StepFailed, make_dir, move_dir, remove_tree, write_file
 from trainguard.checkpoints._reading import read_manifest, verified_bytes
 from trainguard.checkpoints.codecs import FileRecord, write_state
@@ -26,7 +26,6 @@ from trainguard.checkpoints.layout import StagingName, staging_root
 from trainguard.checkpoints.manifest import Manifest
 from trainguard.checkpoints.store import CheckpointStore
 from trainguard.errors import (
-    CheckpointRejected,
     CheckpointWriteError,
     InvalidArgument,
     StateConflict,
@@ -60,10 +59,7 @@ class PreparedSave:
 
     def begin(self) -> Path:
         """Step 1 (fail fast: lease, budget, a name already taken) and step 2 (the staging directory)."""
-        # The token first: a stale job must hear that it is fenced (and stop), not that the name is taken.
-        self.lease.renew()  # LeaseLost unless this token is still the run's live lease
-        if self.store.registry.find_checkpoint(self.store.run, self.name) is not None:
-            raise CheckpointRejected(self.name, "a checkpoint of this name exists; names are never reused")
+        check_fresh(self.store.registry, self.store.run, self.request)
         check_commit(self.store._context, self.request)
         self.staging = stage(self.store._context, self.name, self.lease)
         return self.staging
