@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, Update, select, update
 
 from trainguard.budget import extend_limits, loosened_settings, merge_limits
 from trainguard.errors import LeaseLost, RunNotFound
@@ -77,15 +77,7 @@ class BudgetOps(LeaseOps):
         Durable on purpose: a charge lost to a crash would hand budget back to the next process.
         """
         with self._transaction() as conn:
-            conn.execute(
-                update(t.runs)
-                .where(t.runs.c.name == run)
-                .values(
-                    episodes_spent=t.runs.c.episodes_spent + episodes,
-                    steps_spent=t.runs.c.steps_spent + steps,
-                    runtime_spent=t.runs.c.runtime_spent + runtime,
-                )
-            )
+            conn.execute(_spend(run, episodes, steps, runtime))
             row = conn.execute(select(t.runs).where(t.runs.c.name == run)).first()
         if row is None:
             raise RunNotFound(run, self.url)
@@ -103,14 +95,7 @@ class BudgetOps(LeaseOps):
             ):
                 if amount and limit is not None and spent + amount > limit:
                     return False
-            conn.execute(
-                update(t.runs)
-                .where(t.runs.c.name == run)
-                .values(
-                    episodes_spent=t.runs.c.episodes_spent + episodes,
-                    steps_spent=t.runs.c.steps_spent + steps,
-                )
-            )
+            conn.execute(_spend(run, episodes, steps, 0.0))
         return True
 
     def record_heartbeat(self, run: str, token: int, detail: dict[str, Any]) -> None:
@@ -136,6 +121,19 @@ class BudgetOps(LeaseOps):
         with self._reading() as conn:
             row = conn.execute(select(t.heartbeats).where(t.heartbeats.c.run == run)).first()
         return None if row is None else _beat(row)
+
+
+def _spend(run: str, episodes: int, steps: int, runtime: float) -> Update:
+    """Add to a run's cumulative spend, in the database (concurrent charges add up, none is lost)."""
+    return (
+        update(t.runs)
+        .where(t.runs.c.name == run)
+        .values(
+            episodes_spent=t.runs.c.episodes_spent + episodes,
+            steps_spent=t.runs.c.steps_spent + steps,
+            runtime_spent=t.runs.c.runtime_spent + runtime,
+        )
+    )
 
 
 def _beat(row: Row[Any]) -> dict[str, Any]:
