@@ -90,12 +90,11 @@ def lightning_round(epochs: int, guarded: bool, every: int = 1) -> Timing:
 
 
 def hf_round(steps: int, guarded: bool, every: int) -> Timing:
-    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
-    from examples.hf.train import Tokens
+    from examples.hf.train import Tokens, tiny_gpt2
 
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=64, n_layer=2, n_head=2))
+    model = tiny_gpt2(width=64, layers=2)
     with tempfile.TemporaryDirectory() as scratch:
         args = TrainingArguments(
             output_dir=str(Path(scratch) / "hf"),

@@ -15,10 +15,9 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from examples.hf.train import Tokens
+from examples.hf.train import Tokens, tiny_gpt2
 from trainguard import Guard
 from trainguard.integrations.hf import GuardCallback, resume
 
@@ -53,8 +52,7 @@ def main() -> None:
     )
     seen: dict[str, Any] = {"rank": rank}
     with holder as guard:
-        torch.manual_seed(0)
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+        model = tiny_gpt2(width=16, layers=1)
         started = _Started()
         trainer = Trainer(
             model=model, args=args, train_dataset=Tokens(rows=128), callbacks=[GuardCallback(guard), started]

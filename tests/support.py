@@ -86,3 +86,29 @@ def run_job(command: list[str], log: Path, timeout: float) -> int:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)  # the job's own session: the launcher and its ranks
                 process.wait()
+
+
+def torchrun_command(script: Path, args: list[str], *, ranks: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={ranks}",
+        str(script),
+        *args,
+    ]
+
+
+def torchrun_reports(
+    script: Path, args: list[str], out: Path, *, ranks: int, log: str = "job.log", timeout: float = 240
+) -> list[dict[str, Any]]:
+    """Run ``script`` under ``torchrun --standalone`` on ``ranks`` processes (loopback, gloo); every rank
+    writes OUT/rank-R.json with what it saw: those reports, by rank (stale ones are removed first)."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("rank-*.json"):
+        old.unlink()
+    run_job(torchrun_command(script, args, ranks=ranks), out / log, timeout)
+    return sorted((json.loads(p.read_text()) for p in out.glob("rank-*.json")), key=lambda e: int(e["rank"]))

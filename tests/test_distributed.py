@@ -16,7 +16,7 @@ pytest.importorskip("torch")
 import torch
 
 from dcp_worker import full_state
-from support import run_job
+from support import run_job, torchrun_command, torchrun_reports
 from trainguard.checkpoints import CheckpointStore
 from trainguard.checkpoints.layout import staging_root
 from trainguard.distributed import Reader
@@ -28,26 +28,12 @@ WORKER = REPO / "tests" / "dcp_worker.py"
 RUN = "dcp"
 
 
-def _torchrun_command(ranks: int, mode: str, root: Path, out: Path, options: dict[str, Any]) -> list[str]:
-    return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
-        str(WORKER), mode, str(root), str(out), json.dumps(options),
-    ]  # fmt: skip
-
-
 def torchrun(
     ranks: int, mode: str, root: Path, out: Path, options: dict[str, Any], timeout: float = 180
 ) -> list[dict[str, Any]]:
     """Run the worker under ``torchrun --standalone``; what each rank saw, by rank."""
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("rank-*.json"):
-        old.unlink()
-    run_job(_torchrun_command(ranks, mode, root, out, options), out / f"{mode}.log", timeout)
-    seen = {}
-    for path in out.glob("rank-*.json"):
-        entry = json.loads(path.read_text())
-        seen[entry["rank"]] = entry
-    return [seen[r] for r in sorted(seen)]
+    args = [mode, str(root), str(out), json.dumps(options)]
+    return torchrun_reports(WORKER, args, out, ranks=ranks, log=f"{mode}.log", timeout=timeout)
 
 
 def _store(root: Path) -> CheckpointStore:
@@ -166,8 +152,8 @@ def test_trainguard_run_supervises_a_torchrun_job_that_adopts_its_lease(tmp_path
             }
         )
     )
-    torchrun_command = _torchrun_command(2, "job", root, out, {"from_config": True})
-    command = [sys.executable, "-m", "trainguard", "run", "-c", str(config), "--", *torchrun_command]
+    job = torchrun_command(WORKER, ["job", str(root), str(out), json.dumps({"from_config": True})], ranks=2)
+    command = [sys.executable, "-m", "trainguard", "run", "-c", str(config), "--", *job]
     status = run_job(command, out / "run.log", timeout=180)
     log = (out / "run.log").read_text()
     assert status == 3, log[-3000:]  # a guard rule (the budget) ended it, as designed

@@ -3,7 +3,6 @@ weights downloaded), trained for real on CPU."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -15,9 +14,10 @@ import pytest
 pytest.importorskip("transformers")
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from support import run_job
+from examples.hf.train import Tokens, tiny_gpt2
+from support import torchrun_reports
 from trainguard import Guard, Registry, StopReason
 from trainguard.errors import BudgetExhausted, LeaseLost
 from trainguard.integrations.hf import GuardCallback, resume
@@ -25,20 +25,8 @@ from trainguard.integrations.hf import GuardCallback, resume
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
 
-class _Tokens(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
-    def __init__(self) -> None:
-        self.ids = torch.randint(0, 64, (64, 16), generator=torch.Generator().manual_seed(0))
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.ids[index], "labels": self.ids[index]}
-
-
 def _trainer(guard: Guard, tmp_path: Path, *, max_steps: int, extra: list[Any] | None = None) -> Trainer:
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    model = tiny_gpt2(width=16, layers=1)
     args = TrainingArguments(
         output_dir=str(tmp_path / "hf"),
         max_steps=max_steps,
@@ -52,7 +40,10 @@ def _trainer(guard: Guard, tmp_path: Path, *, max_steps: int, extra: list[Any] |
         disable_tqdm=True,
     )
     return Trainer(
-        model=model, args=args, train_dataset=_Tokens(), callbacks=[GuardCallback(guard), *(extra or [])]
+        model=model,
+        args=args,
+        train_dataset=Tokens(rows=64),
+        callbacks=[GuardCallback(guard), *(extra or [])],
     )
 
 
@@ -153,7 +144,7 @@ def test_retention_never_takes_the_checkpoint_hf_judges_best(tmp_path: Path) -> 
     # greater_is_better on the eval loss: the first evaluation (the worst model) stays "best" throughout
     with _guard(tmp_path, max_steps=100, keep_last=1, install_signal_handlers=False) as guard:
         trainer = _trainer(guard, tmp_path, max_steps=16)
-        trainer.eval_dataset = _Tokens()
+        trainer.eval_dataset = Tokens(rows=64)
         trainer.args.eval_strategy = "steps"
         trainer.args.eval_steps = 4
         trainer.args.metric_for_best_model = "eval_loss"
@@ -167,7 +158,6 @@ def test_retention_never_takes_the_checkpoint_hf_judges_best(tmp_path: Path) -> 
 
 def test_the_example_runs_and_a_second_start_with_the_budget_spent_takes_no_step(tmp_path: Path) -> None:
     import subprocess
-    import sys
 
     repo = Path(__file__).resolve().parent.parent
     command = [sys.executable, "-m", "examples.hf.train", "--store", str(tmp_path / "s"), "--max-steps", "20"]
@@ -182,15 +172,8 @@ def test_the_example_runs_and_a_second_start_with_the_budget_spent_takes_no_step
 
 def _two_ranks(tmp_path: Path, budget: int) -> list[dict[str, Any]]:
     out = tmp_path / "out"
-    out.mkdir(exist_ok=True)
-    for old in out.glob("rank-*.json"):
-        old.unlink()
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-        str(Path(__file__).with_name("hf_ranks.py")), str(tmp_path / "store"), str(out), str(budget),
-    ]  # fmt: skip
-    run_job(command, out / "job.log", timeout=240)
-    seen = sorted((json.loads(p.read_text()) for p in out.glob("rank-*.json")), key=lambda e: e["rank"])
+    args = [str(tmp_path / "store"), str(out), str(budget)]
+    seen = torchrun_reports(Path(__file__).with_name("hf_ranks.py"), args, out, ranks=2)
     assert len(seen) == 2, (out / "job.log").read_text()[-4000:]
     return seen
 

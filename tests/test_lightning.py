@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from examples.lightning.train import Regressor
-from support import run_job
+from support import torchrun_reports
 from trainguard import Guard, Registry, StopReason
 from trainguard.errors import LeaseLost
 from trainguard.integrations.lightning import PREFIX, GuardCallback, StoreCheckpointIO, resume_path
@@ -172,20 +172,9 @@ def test_the_example_runs_and_a_second_run_resumes_within_the_same_budget(tmp_pa
 
 
 def _two_ranks(tmp_path: Path, budget: int, *extra: str) -> list[dict[str, Any]]:
-    import json
-    import sys
-
     out = tmp_path / "out"
-    out.mkdir(exist_ok=True)
-    for old in out.glob("rank-*.json"):
-        old.unlink()
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-        str(Path(__file__).with_name("lightning_ranks.py")),
-        str(tmp_path / "store"), str(out), str(budget), *extra,
-    ]  # fmt: skip
-    run_job(command, out / "job.log", timeout=240)
-    seen = sorted((json.loads(p.read_text()) for p in out.glob("rank-*.json")), key=lambda e: e["rank"])
+    args = [str(tmp_path / "store"), str(out), str(budget), *extra]
+    seen = torchrun_reports(Path(__file__).with_name("lightning_ranks.py"), args, out, ranks=2)
     assert len(seen) == 2, (out / "job.log").read_text()[-4000:]
     return seen
 

@@ -33,9 +33,10 @@ class Tokens(torch.utils.data.Dataset[dict[str, torch.Tensor]]):
         return {"input_ids": self.ids[index], "labels": self.ids[index]}
 
 
-def tiny_gpt2() -> GPT2LMHeadModel:
+def tiny_gpt2(width: int = 32, layers: int = 2) -> GPT2LMHeadModel:
+    """A GPT-2 for ``Tokens`` (64 tokens, 16 positions), seeded: the same weights every time."""
     torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2))
+    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=width, n_layer=layers, n_head=2))
 
 
 def main() -> None:
