@@ -36,8 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainguard.errors import BudgetExhausted, MissingDependency
-from trainguard.guard import Guard, StopReason
+from trainguard.errors import MissingDependency
+from trainguard.guard import Guard
+from trainguard.integrations._start import start_refusal
 
 try:
     from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -63,7 +64,7 @@ class GuardCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         guard = self.guard
-        refusal = None if guard is None or (guard.stop is None and guard.tick(0)) else _refusal(guard)
+        refusal = start_refusal(guard) if guard is not None else None
         told = _from_rank_zero(str(refusal) if refusal is not None else None)
         if refusal is not None:
             raise refusal
@@ -170,14 +171,6 @@ def _write_resume_directory(trainer: Trainer, guard: Guard) -> str | None:
 
 
 _GO, _STOP, _FENCED = 0, 1, 2  # agreed with MAX: a fenced rank 0 means no last checkpoint anywhere
-
-
-def _refusal(guard: Guard) -> Exception:
-    budget = str(guard.stop_reason or StopReason.STEPS)
-    limit = getattr(guard.limits, budget, None)
-    if limit is None:  # stopped for another reason than a spent budget (a lost lease, a signal)
-        return RuntimeError(f"trainguard: run {guard.run!r} cannot train: {guard.stop}")
-    return BudgetExhausted(guard.run, budget, float(limit), float(limit))
 
 
 def _distributed() -> bool:

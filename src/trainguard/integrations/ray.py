@@ -47,7 +47,6 @@ from typing import Any
 from trainguard.checkpoints.prepared import PreparedSave, StagedState
 from trainguard.config import TrainguardConfig, load_config
 from trainguard.errors import (
-    BudgetExhausted,
     CommitFenced,
     InvalidArgument,
     LeaseLost,
@@ -64,6 +63,7 @@ from trainguard.integrations._ray_attempt import (
     write_notice,
 )
 from trainguard.integrations._ray_worker import FACTS, RayGuard, rank_prefix
+from trainguard.integrations._start import start_refusal
 from trainguard.registry import EventKind, Registry
 
 try:
@@ -122,8 +122,11 @@ class GuardCallback(WorkerGroupCallback, ControllerCallback, ReportCallback):
         guard = Guard(self.config, install_signal_handlers=False)
         guard.__enter__()
         self._guard, self._attempt, self._started = guard, self._attempt + 1, False
+        refusal = start_refusal(guard)  # before any worker starts: a spent budget trains zero steps
+        if refusal is not None:
+            self._close(refusal)
+            raise refusal
         try:
-            _refuse_spent(guard)
             resumed = guard.resume()
         except BaseException as error:
             self._close(error)
@@ -258,17 +261,6 @@ def _default_name(episode: int, step: int, token: int) -> str:
     """``step120-t3`` for a loop that counts steps, ``ep40-t3`` for one that counts episodes."""
     parts = ([f"ep{episode}"] if episode else []) + ([f"step{step}"] if step or not episode else [])
     return "-".join([*parts, f"t{token}"])
-
-
-def _refuse_spent(guard: Guard) -> None:
-    """Before any worker starts: a run with a spent budget (or no lease) trains zero steps."""
-    if guard.stop is None and guard.tick(0):
-        return
-    budget = str(guard.stop_reason or StopReason.STEPS)
-    limit = getattr(guard.limits, budget, None)
-    if limit is None:
-        raise LeaseLost(guard.run, guard.lease.token, str(guard.stop))
-    raise BudgetExhausted(guard.run, budget, float(limit), float(limit))
 
 
 def _finite_number(value: object) -> bool:
