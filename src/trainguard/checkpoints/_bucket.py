@@ -40,7 +40,7 @@ class BucketAddress:
         if parsed.scheme != "s3" or not parsed.netloc:
             raise InvalidArgument("store", url, "an object store is s3://BUCKET[/PREFIX]")
         prefix = parsed.path.strip("/")
-        if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
+        if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
             raise InvalidArgument("store", url, "the prefix must not contain empty, '.' or '..' parts")
         return cls(parsed.netloc, prefix)
 

@@ -12,17 +12,16 @@ attempt) is polled from the notice and agreed with ``all_reduce`` when a process
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
-
-import torch
 
 from trainguard.checkpoints import CheckpointStore
 from trainguard.checkpoints.codecs import TENSORS_FILE, TREE_FILE, read_state
 from trainguard.checkpoints.prepared import stage_state, verified_checkpoint, verified_file
 from trainguard.errors import LeaseLost, MissingDependency
+from trainguard.integrations._collective import agreed_max
 from trainguard.integrations._ray_attempt import AttemptNotice, read_notice
 from trainguard.registry import ProcessIdentity, ProcessRole, Registry
 
@@ -52,7 +51,7 @@ class RayGuard:
     one checkpoint per report. ``resume()`` returns this rank's state from the checkpoint the controller
     chose (verified: registry hash, manifest, every file), or None for a new run."""
 
-    def __init__(self, settings: Mapping[str, str], *, clock: Any = time.monotonic) -> None:
+    def __init__(self, settings: Mapping[str, str], *, clock: Callable[[], float] = time.monotonic) -> None:
         self.store_root = Path(settings["store"])
         self.run = settings["run"]
         self._registry_url = settings["registry"]
@@ -151,10 +150,8 @@ class RayGuard:
         if now - self._polled >= NOTICE_POLL or verdict != _GO:
             self._polled = now
             verdict = max(verdict, self._notice_verdict())
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.world_size > 1:
-            vote = torch.tensor([verdict])
-            torch.distributed.all_reduce(vote, op=torch.distributed.ReduceOp.MAX)
-            verdict = int(vote.item())
+        if self.world_size > 1:
+            verdict = agreed_max(verdict)
         if verdict != _GO and self.stop is None:
             self.stop = "another worker of the group stopped"
         self._decision = max(self._decision, verdict)

@@ -38,6 +38,7 @@ import torch
 
 from trainguard.errors import MissingDependency
 from trainguard.guard import Guard
+from trainguard.integrations._collective import agreed_max, barrier, from_rank_zero, gathered
 from trainguard.integrations._start import start_refusal
 
 try:
@@ -65,7 +66,7 @@ class GuardCallback(TrainerCallback):
     ) -> None:
         guard = self.guard
         refusal = start_refusal(guard) if guard is not None else None
-        told = _from_rank_zero(str(refusal) if refusal is not None else None)
+        told = from_rank_zero(str(refusal) if refusal is not None else None)
         if refusal is not None:
             raise refusal
         if told is not None:  # every rank refuses, or the others would wait for rank 0 forever
@@ -85,7 +86,7 @@ class GuardCallback(TrainerCallback):
 
     def _follow(self, control: TrainerControl, stop: bool) -> None:
         fenced = self.guard is not None and self.guard.fenced
-        verdict = _agreed(_GO if not stop else _FENCED if fenced else _STOP)
+        verdict = agreed_max(_GO if not stop else _FENCED if fenced else _STOP)
         if verdict != _GO:
             control.should_training_stop = True
             control.should_save = verdict == _STOP  # a last checkpoint, unless nothing can commit
@@ -93,8 +94,8 @@ class GuardCallback(TrainerCallback):
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        rngs = _gathered(_rng_states())  # every rank's generators, for a resume of every rank
-        _barrier()  # every rank is done writing its part of HF's directory before rank 0 removes it
+        rngs = gathered(_rng_states())  # every rank's generators, for a resume of every rank
+        barrier()  # every rank is done writing its part of HF's directory before rank 0 removes it
         guard = self.guard
         if guard is None:  # one commit per checkpoint, by the process that holds the Guard
             return
@@ -143,7 +144,7 @@ def resume(trainer: Trainer, guard: Guard | None) -> str | None:
     store's newest verified checkpoint (weights loaded into ``trainer.model`` first), or None for a new
     run. The pickles HF reads back (optimizer, scheduler, RNG) are written here from verified data. With
     several processes, rank 0 (``guard``) writes it and every rank gets its path (``guard=None``)."""
-    path: str | None = _from_rank_zero(_write_resume_directory(trainer, guard) if guard is not None else None)
+    path: str | None = from_rank_zero(_write_resume_directory(trainer, guard) if guard is not None else None)
     return path
 
 
@@ -171,40 +172,6 @@ def _write_resume_directory(trainer: Trainer, guard: Guard) -> str | None:
 
 
 _GO, _STOP, _FENCED = 0, 1, 2  # agreed with MAX: a fenced rank 0 means no last checkpoint anywhere
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _from_rank_zero(value: Any) -> Any:
-    if not _distributed():
-        return value
-    box = [value]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _gathered(value: Any) -> list[Any]:
-    if not _distributed():
-        return [value]
-    every: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(every, value)
-    return every
-
-
-def _barrier() -> None:
-    if _distributed():
-        torch.distributed.barrier()
-
-
-def _agreed(verdict: int) -> int:
-    """The same decision on every process (HF does not sync ``should_training_stop``)."""
-    if _distributed():
-        vote = torch.tensor([verdict])
-        torch.distributed.all_reduce(vote, op=torch.distributed.ReduceOp.MAX)
-        return int(vote.item())
-    return verdict
 
 
 def _rng_states() -> dict[str, Any]:

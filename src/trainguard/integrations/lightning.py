@@ -40,6 +40,7 @@ from trainguard.checkpoints import LATEST, CheckpointStore
 from trainguard.config import TrainguardConfig
 from trainguard.errors import InvalidArgument, MissingDependency, RegistryNotFound
 from trainguard.guard import Guard, StopReason
+from trainguard.integrations._collective import from_rank_zero
 from trainguard.registry import Registry
 
 try:
@@ -120,7 +121,7 @@ class StoreCheckpointIO(CheckpointIO):
                 where = ("ok", str(guard.store.root), guard.run, guard.registry_url, self._name_of(str(path)))
             except InvalidArgument as error:
                 where = ("error", str(error))
-        where = _from_rank_zero(where)
+        where = from_rank_zero(where)
         if where is None:
             raise InvalidArgument(
                 "guard", None, "rank 0 must hold the Guard: it names the checkpoint to load"
@@ -219,14 +220,6 @@ class GuardCallback(Callback):
         if trainer.strategy.broadcast(skip, src=0):  # rank 0 decides; saving is collective in Lightning
             return
         trainer.save_checkpoint(Path(trainer.default_root_dir) / "stopped.ckpt")
-
-
-def _from_rank_zero(value: Any) -> Any:
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return value
-    box = [value]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _model_checkpoints(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
