@@ -120,14 +120,14 @@ class StoreCheckpointIO(CheckpointIO):
             try:
                 where = ("ok", str(guard.store.root), guard.run, guard.registry_url, self._name_of(str(path)))
             except InvalidArgument as error:
-                where = ("error", str(error))
+                where = ("error", error.rule)
         where = from_rank_zero(where)
         if where is None:
             raise InvalidArgument(
                 "guard", None, "rank 0 must hold the Guard: it names the checkpoint to load"
             )
         if where[0] == "error":
-            raise InvalidArgument("ckpt_path", str(path), where[1].split(": ", 1)[-1])
+            raise InvalidArgument("ckpt_path", str(path), where[1])
         _, root, run, url, name = where
         if guard is not None:
             loaded = guard.store.load(name, mapped=False)  # a private copy: Lightning keeps references to it
