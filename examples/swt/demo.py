@@ -64,6 +64,10 @@ def main() -> int:
         text=True,
     )
     try:
+        # Training starts only once the watchdog has beaten: on a loaded machine an 8-episode run can end
+        # before a watchdog that is still importing has looked once, and the demo would claim a watch it
+        # never had.
+        _wait_for_first_beat(config, watchdog)
         print(f"== training {run} under `trainguard run` (watchdog pid {watchdog.pid}) ==", flush=True)
         overrides = ["--max-episodes", str(args.episodes)] if args.episodes else []
         trained = trainguard(
@@ -91,6 +95,24 @@ def main() -> int:
     )
     # `trainguard run` exits 3 when a guard rule ended the run - here the episode budget, as designed.
     return 0 if trained.returncode in (0, 3) and promotion.get("promoted") else 1
+
+
+def _wait_for_first_beat(config: Path, watchdog: subprocess.Popen[str], timeout: float = 120.0) -> None:
+    """Return once the registry holds a beat of `watchdog`; raise if it exits or the deadline passes."""
+    from trainguard import Registry
+    from trainguard.config import load_config
+
+    url = load_config(config).registry_url()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if watchdog.poll() is not None:
+            stderr = watchdog.stderr.read() if watchdog.stderr else ""
+            raise SystemExit(f"demo: the watchdog exited with {watchdog.returncode} before it beat: {stderr}")
+        with Registry.open(url) as registry:
+            if any(dog.pid == watchdog.pid for dog in registry.watchdogs()):
+                return
+        time.sleep(0.2)
+    raise SystemExit(f"demo: the watchdog (pid {watchdog.pid}) did not beat within {timeout:g}s")
 
 
 def _print_summary(
