@@ -113,6 +113,15 @@ class SeaweedS3:
         if process is not None:
             process.wait(timeout=30)
 
+    def env(self) -> dict[str, str]:
+        """The usual AWS variables that point boto3 (and so an ``s3://`` store) at this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
     def client(self) -> Any:
         import boto3
         from botocore.config import Config
@@ -130,6 +139,35 @@ class SeaweedS3:
 @contextmanager
 def seaweed_s3(directory: Path) -> Iterator[SeaweedS3]:
     server = SeaweedS3(directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+class MotoS3(SeaweedS3):
+    """moto's S3 in server mode (a real HTTP server in a thread of this process), for the conformance suite:
+    a second implementation of the conditional writes the store relies on."""
+
+    def __init__(self) -> None:  # no directory, no weed: the server lives in this process
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.process = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+
+    def kill(self) -> None:
+        self._server.stop()
+
+
+@contextmanager
+def moto_s3() -> Iterator[MotoS3]:
+    server = MotoS3()
     server.start()
     try:
         yield server

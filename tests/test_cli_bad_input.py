@@ -66,10 +66,12 @@ CASES: list[tuple[str, list[str], str]] = [
     (
         "an s3:// store for run",
         ["run", "--run", "r", "--store", "s3://b/runs", "--", "true"],
-        "not supported yet",
+        "registry is never kept on the object store",
     ),
-    ("an s3:// store for ckpt ls", ["ckpt", "ls", "r", "--store", "s3://b/runs"], "not supported yet"),
-    ("an s3:// store in the config", [*CHECK, "@store: s3://b/runs"], "not supported yet"),
+    ("an s3:// store with no registry", ["ckpt", "ls", "r", "--store", "s3://b/runs"], "needs a registry"),
+    ("an s3:// store in the config", [*CHECK, "@store: s3://b/runs"], "needs a registry"),
+    ("a gs:// store", ["ckpt", "ls", "r", "--store", "gs://b/runs"], "directory or an s3://"),
+    ("an s3:// store with '..'", [*CHECK, "@store: s3://b/a/../c"], "'..'"),
     ("a lease ttl of 3e-7", [*CHECK, "@monitoring: {lease_ttl: 3.0e-7}"], "monitoring.lease_ttl"),
     (
         "a heartbeat of 1e32 s",

@@ -64,7 +64,12 @@ def registry_files(store: str | Path) -> list[Path]:
 
 
 def default_registry_url(store: str | Path) -> str:
-    """The SQLite registry a store has when no other is configured: ``<store>/.trainguard/registry.db``."""
+    """The SQLite registry a store has when no other is configured: ``<store>/.trainguard/registry.db``
+    (an object store has none: SQLite is never kept on one)."""
+    if URL_SCHEME.match(str(store)):
+        raise InvalidArgument(
+            "registry", None, f"{store} needs a registry URL (PostgreSQL, or sqlite:///PATH on a local disk)"
+        )
     return f"sqlite:///{meta_directory(Path(store).resolve()) / DEFAULT_REGISTRY_FILE}"
 
 

@@ -1,4 +1,4 @@
-"""An S3 bucket as the fenced store will use it (issue 15, first layer; the store does not use it yet).
+"""An S3 bucket as the fenced store uses it (``_bucket_store``): conditional writes, hashed transfers.
 
 S3 has no rename and no multi-object transaction, and cannot check a fencing token: the registry stays the
 point of commit. What the bucket gives is the second line: objects written once (``If-None-Match: *``: a
@@ -14,9 +14,11 @@ carry the status codes the protocol decides on (412 condition failed, 409 a conc
 from __future__ import annotations
 
 import os
+import threading
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
@@ -68,9 +70,43 @@ class Conditional:
     reason: str | None = None
 
 
+@dataclass
+class Costs:
+    """What a store's use of the bucket cost, in the units providers bill: requests by operation, bytes
+    each way (counted by this process; another process's requests are its own)."""
+
+    requests: Counter[str] = field(default_factory=Counter)
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": sum(self.requests.values()),
+            "by_operation": dict(sorted(self.requests.items())),
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+        }
+
+
 class Bucket:
     def __init__(self, client: Any, address: BucketAddress) -> None:
         self.client, self.address = client, address
+        self.costs = Costs()
+        self._lock = threading.Lock()
+        # Every API call botocore makes for us, counted once (its own retries are not billed twice).
+        client.meta.events.register("after-call.s3", self._count)
+
+    def _count(self, model: Any = None, **_: Any) -> None:
+        with self._lock:
+            self.costs.requests[getattr(model, "name", "unknown")] += 1
+
+    def _sent(self, count: int) -> None:
+        with self._lock:
+            self.costs.bytes_sent += count
+
+    def _received(self, count: int) -> None:
+        with self._lock:
+            self.costs.bytes_received += count
 
     @classmethod
     def connect(cls, url: str, *, endpoint: str | None = None) -> Bucket:
@@ -101,7 +137,17 @@ class Bucket:
 
     def _put(self, key: str, data: bytes, **condition: str) -> str:
         reply = self.client.put_object(Bucket=self.address.bucket, Key=key, Body=data, **condition)
+        self._sent(len(data))
         return str(reply["ETag"])
+
+    def copy(self, source: str, target: str) -> None:
+        """A server-side copy (no byte passes through this process): how a quarantine "moves" objects."""
+        bucket = self.address.bucket
+        self.client.copy_object(Bucket=bucket, Key=target, CopySource={"Bucket": bucket, "Key": source})
+
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (absent already: done). Only retention and the second half of a move call this."""
+        self.client.delete_object(Bucket=self.address.bucket, Key=key)
 
     def _conditional(self, attempt: Any, key: str, why: str) -> Conditional:
         for _ in range(_CONFLICT_RETRIES):
@@ -150,6 +196,7 @@ class Bucket:
         reply = self.client.upload_part(
             Bucket=self.address.bucket, Key=key, UploadId=upload, PartNumber=number, Body=data
         )
+        self._sent(len(data))
         return str(reply["ETag"])
 
     # -- reads --------------------------------------------------------------------------------------
@@ -165,6 +212,7 @@ class Bucket:
             body = self.client.get_object(Bucket=self.address.bucket, Key=key, Range=f"bytes={start}-{end}")
             data = body["Body"].read()
             view[start : start + len(data)] = data
+            self._received(len(data))
             return len(data)
 
         with ThreadPoolExecutor(workers) as pool:
@@ -182,6 +230,30 @@ class Bucket:
             )
         return buffer
 
+    def read(self, key: str) -> bytes | None:
+        """A small object's bytes (a manifest, a pointer, a note), or None when there is none."""
+        try:
+            reply = self.client.get_object(Bucket=self.address.bucket, Key=key)
+        except Exception as error:
+            if _status(error) == 404:
+                return None
+            raise
+        data = bytes(reply["Body"].read())
+        self._received(len(data))
+        return data
+
+    def read_with_etag(self, key: str) -> tuple[bytes, str] | None:
+        """A pointer's bytes and the ETag a compare-and-swap of it must name (None: there is none)."""
+        try:
+            reply = self.client.get_object(Bucket=self.address.bucket, Key=key)
+        except Exception as error:
+            if _status(error) == 404:
+                return None
+            raise
+        data = bytes(reply["Body"].read())
+        self._received(len(data))
+        return data, str(reply["ETag"])
+
     def head(self, key: str) -> tuple[int, str] | None:
         try:
             reply = self.client.head_object(Bucket=self.address.bucket, Key=key)
@@ -191,13 +263,20 @@ class Bucket:
             raise
         return int(reply["ContentLength"]), str(reply["ETag"])
 
-    def keys(self, prefix: str) -> Iterator[tuple[str, int]]:
+    def keys(self, prefix: str) -> Iterator[Listed]:
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.address.bucket, Prefix=prefix
         )
         for page in pages:
             for entry in page.get("Contents", []):
-                yield str(entry["Key"]), int(entry["Size"])
+                yield Listed(str(entry["Key"]), int(entry["Size"]), entry["LastModified"].timestamp())
+
+
+@dataclass(frozen=True)
+class Listed:
+    key: str
+    size: int
+    modified: float  # seconds since the epoch, the server's clock
 
 
 def _parts(chunks: Iterable[bytes | memoryview]) -> Iterator[bytes]:
@@ -221,4 +300,4 @@ def _status(error: BaseException) -> int | None:
     return None
 
 
-__all__ = ["PART", "Bucket", "BucketAddress", "Conditional", "Uploaded"]
+__all__ = ["PART", "Bucket", "BucketAddress", "Conditional", "Costs", "Listed", "Uploaded"]

@@ -51,6 +51,14 @@ def quarantine_path(root: Path, source: Path, target: Path, record: dict[str, An
     return target
 
 
+def park(root: Path, name: str, record: dict[str, Any]) -> None:
+    """Move a checkpoint the registry just quarantined from its place to ``.quarantine/`` (unless an
+    earlier, interrupted quarantine already did)."""
+    source, target = root / name, quarantine_root(root) / name
+    if entry_exists(source, root=root) and not entry_exists(target, root=root):
+        quarantine_path(root, source, target, record)
+
+
 def read_reason(entry: Path) -> dict[str, Any]:
     try:
         fd = os.open(reason_file(entry), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -92,4 +100,4 @@ def empty_trash(root: Path) -> int:
     return len(names)
 
 
-__all__ = ["discard", "empty_trash", "free_entry", "quarantine_path", "read_reason", "release_path"]
+__all__ = ["discard", "empty_trash", "free_entry", "park", "quarantine_path", "read_reason", "release_path"]

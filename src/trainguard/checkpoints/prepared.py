@@ -49,6 +49,9 @@ class PreparedSave:
         name: str | None = None,
         metrics: Mapping[str, Any] | None = None,
     ) -> None:
+        if not store.on_filesystem:  # ranks stage their files in the store's directory
+            rule = "saves staged by other processes need a filesystem store"
+            raise InvalidArgument("store", store.location, rule)
         self.store, self.lease, self.fmt = store, lease, fmt
         parent = store.parent_for(lease)
         self.request = save_request(

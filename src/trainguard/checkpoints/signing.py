@@ -229,6 +229,19 @@ def check_signature(name: str, directory: Path, manifest: bytes, signing: Signin
         data = os.read(fd, _MAX_SIGNATURE_BYTES)
     finally:
         os.close(fd)
+    return check_signature_bytes(name, str(path), data, manifest, signing)
+
+
+def check_signature_bytes(
+    name: str, where: str, data: bytes | None, manifest: bytes, signing: Signing
+) -> str | None:
+    """:func:`check_signature` for a signature already read from ``where`` (None: there is none) - an
+    object store's ``MANIFEST.sig``."""
+    path = where
+    if data is None:
+        if signing.required:
+            raise SignatureRejected(name, where, "is missing; signed checkpoints are required")
+        return None
     verifier = signing.verifier
     if verifier is None:
         return None  # signed, but nothing configured to check it with
@@ -258,6 +271,7 @@ __all__ = [
     "SigningKey",
     "VerifyKey",
     "check_signature",
+    "check_signature_bytes",
     "generate_key",
     "key_id",
     "signature_bytes",

@@ -14,7 +14,7 @@ from trainguard.checkpoints._binding import bind, check_binding
 from trainguard.checkpoints._commit import commit, save_request
 from trainguard.checkpoints._context import StoreContext, Validation
 from trainguard.checkpoints._durable import StepFailed, entry_exists, make_dir
-from trainguard.checkpoints._quarantine import discard, quarantine_path, release_path
+from trainguard.checkpoints._quarantine import discard, park, release_path
 from trainguard.checkpoints._reading import Expected, VerifyReport, load_dir, read_manifest, verify_dir
 from trainguard.checkpoints._recovery import RecoveryReport, find_staged, recover
 from trainguard.checkpoints._values import LoadedCheckpoint, Provenance, default_name
@@ -62,6 +62,14 @@ class CheckpointStore:
     opens the registry so that it cannot write (a read-only store can be listed, verified and served).
     """
 
+    def __new__(cls, root: str | os.PathLike[str], *args: Any, **kwargs: Any) -> CheckpointStore:
+        # An s3:// URL selects the object-storage store wherever a store is opened (API, CLI, config).
+        if cls is CheckpointStore and URL_SCHEME.match(str(root)):
+            from trainguard.checkpoints._bucket_store import BucketStore
+
+            return super().__new__(BucketStore)
+        return super().__new__(cls)
+
     def __init__(
         self,
         root: str | os.PathLike[str],
@@ -82,9 +90,7 @@ class CheckpointStore:
             raise InvalidArgument("format", format, f"must be one of {', '.join(FORMATS)}")
         writer = create_run and not read_only
         if URL_SCHEME.match(str(root)):  # not a path: Path("s3://b/p") is the local directory "s3:/b/p"
-            raise InvalidArgument(
-                "root", str(root), "object storage is not supported yet: give a filesystem path"
-            )
+            raise InvalidArgument("root", str(root), "only s3:// URLs name an object store")
         self.root = Path(root).resolve()
         if writer:
             try:
@@ -172,6 +178,13 @@ class CheckpointStore:
             read_only=read_only,
             signing=signing,
         )
+
+    on_filesystem = True  # False for an object store (saves staged by other processes need a directory)
+
+    @property
+    def location(self) -> str:
+        """Where the checkpoints are, as a user names it (a directory, an ``s3://`` URL)."""
+        return str(self.root)
 
     @property
     def format(self) -> str:
@@ -322,23 +335,11 @@ class CheckpointStore:
         record = self.registry.set_checkpoint_state(
             self.run, record.name, CheckpointState.QUARANTINED, reason=reason, expect=COMMITTED
         )
-        source, target = self.root / record.name, quarantine_root(self.root) / record.name
-        if entry_exists(source, root=self.root) and not entry_exists(target, root=self.root):
-            try:
-                quarantine_path(
-                    self.root,
-                    source,
-                    target,
-                    {
-                        "reason": reason,
-                        "run": self.run,
-                        "checkpoint": record.name,
-                        "episode": record.episode,
-                        "token": record.token,
-                    },
-                )
-            except StepFailed as failed:  # decided in the registry: nothing loads it; recovery finishes
-                raise CheckpointWriteError(failed.step, failed.path, failed.cause, committed=True) from None
+        why = {"reason": reason, "run": self.run, "checkpoint": record.name}
+        try:
+            park(self.root, record.name, {**why, "episode": record.episode, "token": record.token})
+        except StepFailed as failed:  # decided in the registry: nothing loads it; recovery finishes
+            raise CheckpointWriteError(failed.step, failed.path, failed.cause, committed=True) from None
         return record
 
     def release(self, name: str, *, reason: str = "released by operator") -> CheckpointRecord:
@@ -394,9 +395,25 @@ class CheckpointStore:
             evicted.append(name)
             # Evicted in the registry, so nothing loads it; a failed (or already done) delete is finished by
             # the next open.
-            with contextlib.suppress(StepFailed):
-                discard(self.root, self.root / name)
+            try:
+                self._discard(name)
+            except Exception as error:
+                log.warning("trainguard: the delete of evicted %s is left for recovery: %s", name, error)
         return evicted
+
+    def _discard(self, name: str) -> None:
+        """Delete an evicted checkpoint's files (the registry already says it is gone)."""
+        with contextlib.suppress(StepFailed):
+            discard(self.root, self.root / name)
+
+    def stored_objects(self) -> int:
+        """An object store's data and manifest objects, wherever they sit (notes not counted); a
+        directory store's files are counted by walking it (``trainguard.promotion.checkpoint_files``)."""
+        raise NotImplementedError("a directory store's files are counted by walking it")
+
+    def publish_live(self, name: str) -> None:
+        """After the registry moved the live pointer: nothing to do on disk (the registry is the pointer);
+        an object store also writes it where bucket-only readers look (``LIVE.json``)."""
 
 
 __all__ = ["LATEST", "CheckpointStore", "LoadedCheckpoint", "Provenance", "default_name"]

@@ -78,7 +78,7 @@ def _registry_url(args: argparse.Namespace, config: TrainguardConfig | None) -> 
     if config is not None and config.registry:
         return config.registry
     if getattr(args, "store", None):
-        return default_registry_url(Path(args.store))
+        return default_registry_url(args.store if URL_SCHEME.match(args.store) else Path(args.store))
     return config.registry_url() if config is not None else None
 
 
@@ -114,7 +114,7 @@ def registry_url(args: argparse.Namespace) -> str:
 @dataclass
 class Location:
     run: str
-    store: Path
+    store: Path | str  # a str is an s3:// URL
     registry_url: str
     config: TrainguardConfig | None
 
@@ -125,9 +125,16 @@ def locate(args: argparse.Namespace) -> Location:
     run = validate_name(args.run, "run")
     path = config_path(args)
     config = load_config(path, overrides={"run": run}) if path else None
+    store: Path | str | None = None
     if args.store and URL_SCHEME.match(args.store):  # Path() would turn it into a local "s3:/..." directory
-        raise InvalidArgument("--store", args.store, "object storage is not supported yet: give a directory")
-    store = Path(args.store) if args.store else (config.store_path() if config else None)
+        if not args.store.startswith("s3://"):
+            rule = "a store is a directory or an s3://BUCKET[/PREFIX] URL"
+            raise InvalidArgument("--store", args.store, rule)
+        store = args.store
+    elif args.store:
+        store = Path(args.store)
+    elif config:
+        store = config.store_path()
     url = _registry_url(args, config)
     if url is None:
         raise InvalidArgument(
@@ -140,8 +147,8 @@ def locate(args: argparse.Namespace) -> Location:
             raise InvalidArgument(
                 "--store", None, f"the registry records no store for run {run!r}; give --store"
             )
-        store = Path(recorded)
-    return Location(run, store.resolve(), url, config)
+        store = recorded if URL_SCHEME.match(recorded) else Path(recorded)
+    return Location(run, store.resolve() if isinstance(store, Path) else store, url, config)
 
 
 def open_store(location: Location, *, recover: bool = False, read_only: bool = False) -> CheckpointStore:

@@ -190,6 +190,8 @@ def cmd_adopt(args: argparse.Namespace) -> int:
         raise InvalidArgument("DIR", args.directory, "is not a directory")
     location = locate(args)
     features = fp.compute(args.features) if args.features else None
+    if not isinstance(location.store, Path):
+        raise InvalidArgument("--store", location.store, "ckpt adopt writes into a filesystem store only")
     location.store.mkdir(parents=True, exist_ok=True)
     signing = signing_of(location.config)
     url = location.registry_url

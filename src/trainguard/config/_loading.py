@@ -91,7 +91,7 @@ def parse_config(
     if source is not None:
         config.source = Path(source).resolve()
         base = config.source.parent
-        if config.store is not None and not config.store.is_absolute():
+        if isinstance(config.store, Path) and not config.store.is_absolute():
             config.store = (base / config.store).resolve()
     problems = []
     for key, value, known in unknown_keys(config):

@@ -8,7 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from trainguard.config._project import Translation
 from trainguard.config._thresholds import parse_threshold
@@ -238,8 +246,8 @@ class SigningSettings(_Section):
 
 class TrainguardConfig(_Section):
     run: str | None = None
-    store: Path | None = None
-    registry: str | None = None
+    store: Path | str | None = None  # a str is an s3:// URL (the validator makes every other a Path)
+    registry: str | None = Field(default=None, validate_default=True)
     features: list[str | dict[str, Any]] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
     checkpoints: Checkpoints = Field(default_factory=Checkpoints)
@@ -276,13 +284,27 @@ class TrainguardConfig(_Section):
     @classmethod
     def _path_text(cls, value: object) -> object:
         if isinstance(value, str) and URL_SCHEME.match(value):
-            # Path("s3://b/p") is the local directory "s3:/b/p": refused here, not created later.
-            raise ValueError("object storage is not supported yet: give a filesystem path")
-        return _no_nul(value)
+            # Kept as the URL it is: Path("s3://b/p") would be the local directory "s3:/b/p".
+            if not value.startswith("s3://"):
+                raise ValueError("a store is a directory or an s3://BUCKET[/PREFIX] URL")
+            from trainguard.checkpoints._bucket import BucketAddress
+
+            try:
+                BucketAddress.parse(value)
+            except InvalidArgument as error:
+                raise ValueError(error.rule) from None
+            return value.rstrip("/")
+        _no_nul(value)
+        return Path(value) if isinstance(value, str) else value
 
     @field_validator("registry")
     @classmethod
-    def _registry_url(cls, value: str | None) -> str | None:
+    def _registry_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and isinstance(info.data.get("store"), str):  # an s3:// store
+            raise ValueError(
+                f"store {info.data['store']} needs a registry (PostgreSQL, or sqlite:///PATH on a local "
+                "disk): a registry is never kept on the object store"
+            )
         if value is not None:
             try:
                 registry_url(value)
@@ -300,8 +322,9 @@ class TrainguardConfig(_Section):
             )
         return self.run
 
-    def store_path(self) -> Path:
-        """The store directory: as configured (relative to the config file) or ./checkpoints/<run>."""
+    def store_path(self) -> Path | str:
+        """The store: as configured (a directory relative to the config file, or an s3:// URL) or
+        ./checkpoints/<run>."""
         if self.store is not None:
             return self.store
         base = self.source.parent if self.source else Path.cwd()

@@ -79,6 +79,8 @@ class Writer(StorageWriter):
         metrics: Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> None:
+        if isinstance(store, CheckpointStore) and not store.on_filesystem:  # ranks write into its directory
+            raise InvalidArgument("store", store.location, "a distributed save needs a filesystem store")
         self.store = store if isinstance(store, CheckpointStore) else None
         self.root = store.root if isinstance(store, CheckpointStore) else Path(store).resolve()
         self.lease = lease

@@ -86,7 +86,10 @@ class GuardCallback(WorkerGroupCallback, ControllerCallback, ReportCallback):
         self.config = config if isinstance(config, TrainguardConfig) else load_config(str(config))
         if not self.config.run or self.config.store is None:
             raise InvalidArgument("config", str(self.config.source), "a Ray run needs `run` and `store` set")
-        self.run, self.store = self.config.run, self.config.store_path()
+        store = self.config.store_path()
+        if not isinstance(store, Path):  # workers stage their ranks' files in the shared directory
+            raise InvalidArgument("store", store, "a Ray run needs a filesystem store every worker shares")
+        self.run, self.store = self.config.run, store
         self.sweep = sweep
         self._guard: Guard | None = None
         self._notice: AttemptNotice | None = None

@@ -197,6 +197,7 @@ class Promoter:
                 "actions": assessment.actions,
             },
         )
+        self.store.publish_live(assessment.record.name)
 
     def rollback(self, name: str, *, reason: str) -> Assessment:
         """Move the live pointer back to ``name`` if it passes integrity and features (decision health is not

@@ -54,6 +54,10 @@ def checkpoint_files(root: Path) -> int:
     return count
 
 
+def _stored(store: CheckpointStore) -> int:
+    return checkpoint_files(store.root) if store.on_filesystem else store.stored_objects()
+
+
 def _states(store: CheckpointStore) -> dict[str, int]:
     return dict(Counter(r.state.value for r in store.checkpoints(states=None)))
 
@@ -73,11 +77,12 @@ def recover_run(store: CheckpointStore, last_good: str, *, reason: str) -> Recov
         raise StateConflict(
             subject, "corrupt", f"it does not verify ({report.problems[0].reason}); pick another"
         )
-    states_before, files_before = _states(store), checkpoint_files(store.root)
+    states_before, files_before = _states(store), _stored(store)
     # Fence first: from this moment no process holding the old token can commit anything.
     revoked = registry.revoke(run, f"recover: {reason}")
     store.pin(good.name, reason=f"last good: {reason}")
     registry.set_live_pointer(run, good.name, reason=f"recover: {reason}", detail={"recover": True})
+    store.publish_live(good.name)
     after = [r for r in store.checkpoints() if (r.episode, r.id or 0) > (good.episode, good.id or 0)]
     for record in after:
         store.quarantine(record.name, reason=f"after last good {good.name}: {reason}")
@@ -88,7 +93,7 @@ def recover_run(store: CheckpointStore, last_good: str, *, reason: str) -> Recov
         states_before=states_before,
         states_after=_states(store),
         files_before=files_before,
-        files_after=checkpoint_files(store.root),
+        files_after=_stored(store),
     )
     registry.add_event(
         run,

@@ -83,14 +83,16 @@ class Launcher:
     def launch(self) -> LaunchResult:
         linux.require_linux("trainguard run")
         store_path = self.config.store_path()
-        if store_path.exists() and not store_path.is_dir():
+        if isinstance(store_path, Path) and store_path.exists() and not store_path.is_dir():
             raise InvalidArgument("store", str(store_path), "is not a directory")
         url = self.config.registry_url()
         registry = Registry.open(url)
         try:
             # Creates and recovers it (and checks the config's signing keys before anything starts).
             signing = signing_of(self.config)
-            CheckpointStore(store_path, run=self.run, registry=registry, signing=signing).close()
+            created = CheckpointStore(store_path, run=self.run, registry=registry, signing=signing)
+            local = created.root  # run files go here: the store's directory, or an object store's workdir
+            created.close()
             ttl, takeover = self.config.monitoring.lease_ttl, self.options.takeover
             lease = registry.acquire(self.run, ttl=ttl, takeover=takeover, reason="trainguard run")
             try:
@@ -105,7 +107,7 @@ class Launcher:
                 if (spent := exhausted(registry.run(self.run))) is not None:
                     # Refused before the child runs: a restart must not buy the trainer more budget.
                     raise BudgetExhausted(self.run, spent.budget.value, spent.spent, spent.limit)
-                return self._supervise(registry, lease, store_path, url, files)
+                return self._supervise(registry, lease, local, url, files)
             finally:
                 if lease.lost_reason is None:
                     lease.release()
