@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crash_bucket import check_bucket
+
 from trainguard import CheckpointStore
 
 SERVER = Path(__file__).resolve().parent.parent / "tests" / "helpers" / "crash_server.py"
@@ -92,13 +94,23 @@ class _Lines:
                 return line
 
 
-def run_campaign(directory: Path, kills: int, *, seed: int = 0, max_delay: float = 0.08) -> CampaignResult:
-    """Fork a writer, SIGKILL it after a random delay, check the store; ``kills`` times."""
+def run_campaign(
+    directory: Path,
+    kills: int,
+    *,
+    seed: int = 0,
+    max_delay: float = 0.08,
+    store: str | None = None,
+    registry: str | None = None,
+) -> CampaignResult:
+    """Fork a writer, SIGKILL it after a random delay, check the store; ``kills`` times. ``store``: an
+    s3:// URL (with ``registry``; the AWS variables point at the server) instead of ``directory/store``."""
     rng = random.Random(seed)
     root, report, run = directory / "store", directory / "report.txt", "crash"
     result = CampaignResult()
+    where = store or str(root)
     server = subprocess.Popen(
-        [sys.executable, str(SERVER), str(root), run, str(report)],
+        [sys.executable, str(SERVER), where, run, str(report), *([registry] if registry else [])],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -126,7 +138,10 @@ def run_campaign(directory: Path, kills: int, *, seed: int = 0, max_delay: float
             lines.wait_for("reaped")
             writer_pid = 0
             result.kills += 1
-            _check(root, run, report, result)
+            if store is None:
+                _check(root, run, report, result)
+            else:
+                check_bucket(store, registry or "", run, report, result)
     finally:
         if writer_pid:
             os.kill(writer_pid, signal.SIGKILL)

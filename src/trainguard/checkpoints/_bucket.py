@@ -13,6 +13,7 @@ carry the status codes the protocol decides on (412 condition failed, 409 a conc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import Counter
@@ -120,7 +121,9 @@ class Bucket:
         client = boto3.client(
             "s3",
             endpoint_url=endpoint or os.environ.get("AWS_ENDPOINT_URL"),
-            config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard"}),
+            # More patient than boto3's 3 attempts: a server coming back from a restart answers 500/503
+            # for seconds while its volumes register, and a training run should ride that out.
+            config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard", "max_attempts": 8}),
         )
         return cls(client, BucketAddress.parse(url))
 
@@ -185,7 +188,10 @@ class Bucket:
                 "exists already",
             )
         except BaseException:
-            self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+            # Best effort: with the server gone the abort fails too, and the parts stay until a lifecycle
+            # rule (AbortIncompleteMultipartUpload) removes them; the original error is what happened.
+            with contextlib.suppress(Exception):
+                self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
             raise
         if not done.done:
             self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)

@@ -56,6 +56,7 @@ from trainguard.errors import (
     InvalidArgument,
     RegistryMismatch,
     RunNotFound,
+    TrainguardError,
 )
 from trainguard.fingerprint import Fingerprint
 from trainguard.names import validate_name
@@ -201,6 +202,10 @@ class BucketStore(CheckpointStore):
             files = self._upload_state(staging, state)
         except (ValueError, TypeError) as error:  # NaN/inf, an unsupported value: nothing was decided
             raise CheckpointRejected(request.name, str(error)) from error
+        except TrainguardError:
+            raise
+        except Exception as error:  # the server or the network: nothing was decided
+            raise CheckpointWriteError("upload", staging, error) from error
         # 4. the manifest (and signature), staged before the decision
         manifest = Manifest(
             run=self.run,
@@ -221,9 +226,14 @@ class BucketStore(CheckpointStore):
         )
         body = manifest.to_bytes()
         signed = signature_bytes(self._context.signing.key, body) if self._context.signing.key else None
-        self._put_staged(staging, MANIFEST_FILE, body)
-        if signed is not None:
-            self._put_staged(staging, SIGNATURE_FILE, signed)
+        try:
+            self._put_staged(staging, MANIFEST_FILE, body)
+            if signed is not None:
+                self._put_staged(staging, SIGNATURE_FILE, signed)
+        except TrainguardError:
+            raise
+        except Exception as error:
+            raise CheckpointWriteError("manifest", staging, error) from error
         # 5. the registry decides
         record = CheckpointRecord(
             run=self.run,
