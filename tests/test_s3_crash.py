@@ -100,7 +100,10 @@ def _kill_server_at(server: SeaweedS3, url: str, registry: str, step: str) -> st
     try:
         assert saver.stdout is not None and saver.stdin is not None
         said = saver.stdout.readline().strip()  # blocks until the saver pauses (or dies: then "")
-        assert said == ("decided" if step == "index" else "uploading"), (said, saver.stderr.read())
+        assert said == ("decided" if step == "index" else "uploading"), (
+            said,
+            saver.stderr and saver.stderr.read(),
+        )
         server.kill()  # kill -9 of weed, mid-save
         saver.stdin.write("go\n")
         saver.stdin.flush()
