@@ -18,7 +18,7 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -165,7 +165,7 @@ class Bucket:
         return Conditional(False, reason=f"{key}: concurrent writers kept conflicting")
 
     def upload(
-        self, key: str, chunks: Iterable[bytes | memoryview], *, workers: int = 4
+        self, key: str, chunks: Iterable[bytes | memoryview], *, workers: int = 8
     ) -> Conditional | Uploaded:
         """Write a new object from ``chunks`` - parts uploaded in parallel, hashed in order as they go -
         only if ``key`` does not exist yet (then the parts are abandoned: a ``Conditional`` says why)."""
@@ -174,11 +174,13 @@ class Bucket:
         upload = self.client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
         try:
             with ThreadPoolExecutor(workers) as pool:
-                futures = []
+                futures: list[Future[str]] = []
                 for number, part in enumerate(_parts(chunks), start=1):
                     hasher.update(part)
                     size += len(part)
                     futures.append(pool.submit(self._part, key, upload, number, part))
+                    if len(futures) > 2 * workers:  # bounded memory: at most 2 parts per worker in flight
+                        futures[-2 * workers - 1].result()
                 parts = [{"PartNumber": n, "ETag": f.result()} for n, f in enumerate(futures, start=1)]
             done = self._conditional(
                 lambda: self.client.complete_multipart_upload(
@@ -207,7 +209,7 @@ class Bucket:
 
     # -- reads --------------------------------------------------------------------------------------
 
-    def read_verified(self, name: str, key: str, size: int, digest: str, *, workers: int = 4) -> bytearray:
+    def read_verified(self, name: str, key: str, size: int, digest: str, *, workers: int = 8) -> bytearray:
         """The object's bytes, fetched in parallel ranges, returned only if their size and hash are the
         ones recorded; CorruptCheckpoint names the object otherwise (changed or truncated after commit)."""
         buffer = bytearray(size)
@@ -286,15 +288,24 @@ class Listed:
 
 
 def _parts(chunks: Iterable[bytes | memoryview]) -> Iterator[bytes]:
-    """Re-cut ``chunks`` into parts of PART bytes (the last may be shorter; an empty object is one part)."""
+    """Re-cut ``chunks`` into parts of PART bytes (the last may be shorter; an empty object is one part).
+    Each byte is copied once, into its part: a large tensor is cut straight from its own memory."""
     pending = bytearray()
     sent = False
     for chunk in chunks:
-        pending += chunk
-        while len(pending) >= PART:
-            yield bytes(pending[:PART])
-            del pending[:PART]
-            sent = True
+        view = memoryview(chunk).cast("B")
+        if pending:  # top up the part begun by earlier chunks
+            taken = view[: PART - len(pending)]
+            pending += taken
+            view = view[len(taken) :]
+            if len(pending) < PART:
+                continue
+            yield bytes(pending)
+            pending, sent = bytearray(), True
+        while len(view) >= PART:
+            yield bytes(view[:PART])
+            view, sent = view[PART:], True
+        pending += view
     if pending or not sent:
         yield bytes(pending)
 

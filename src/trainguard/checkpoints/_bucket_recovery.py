@@ -19,6 +19,7 @@ import json
 import re
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from trainguard._os.hashing import hash_bytes
@@ -103,9 +104,18 @@ def publish_live(store: BucketStore, name: str) -> None:
     raise CheckpointWriteError("live", key, RuntimeError("the live pointer kept changing under this mover"))
 
 
-def recover(store: BucketStore, *, foreign_grace: float) -> RecoveryReport:
-    report = RecoveryReport()
-    # Listing before the rows (as on disk): a staging prefix decided in between already has its row.
+@dataclass(frozen=True)
+class Survey:
+    """What ``incident scan`` reports of a bucket store: prefixes the registry never committed, staging
+    whose commit was refused (a stale writer's evidence), staging of writers that are gone."""
+
+    unregistered: list[str]
+    refused: list[str]
+    abandoned: list[str]
+
+
+def _listing(store: BucketStore) -> tuple[dict[str, list[Listed]], dict[str, list[Listed]]]:
+    """(staging prefix -> its objects, checkpoint prefix -> its objects), from one listing."""
     stagings: dict[str, list[Listed]] = defaultdict(list)
     indexes: dict[str, list[Listed]] = defaultdict(list)
     prefix = store.key(".staging") + "/"
@@ -116,6 +126,30 @@ def recover(store: BucketStore, *, foreign_grace: float) -> RecoveryReport:
             stagings[entry.key[len(prefix) :].split("/", 1)[0]].append(entry)
         elif "/" in rest and not rest.startswith("."):
             indexes[rest.split("/", 1)[0]].append(entry)
+    return stagings, indexes
+
+
+def survey(store: BucketStore) -> Survey:
+    stagings, indexes = _listing(store)
+    rows = {r.name: r for r in store.registry.checkpoints(store.run, states=None)}
+    refused, abandoned = [], []
+    for staging, entries in sorted(stagings.items()):
+        parsed = StagingName.parse(staging)
+        row = rows.get(parsed.name) if parsed else None
+        if row is not None and parsed is not None and row.token == parsed.token:
+            continue  # a decided checkpoint's objects
+        if any(e.key.endswith("/" + REFUSED_NOTE) for e in entries):
+            refused.append(staging)
+        elif parsed is None or parsed.writer_alive(host_key()) is False:
+            abandoned.append(staging)
+    unregistered = sorted(name for name in indexes if name not in rows)
+    return Survey(unregistered, refused, abandoned)
+
+
+def recover(store: BucketStore, *, foreign_grace: float) -> RecoveryReport:
+    report = RecoveryReport()
+    # Listing before the rows (as on disk): a staging prefix decided in between already has its row.
+    stagings, indexes = _listing(store)
     rows = {r.name: r for r in store.registry.checkpoints(store.run, states=None)}
     for staging, entries in sorted(stagings.items()):
         try:
@@ -214,6 +248,7 @@ def _staging_of(root: str, key: str) -> str | None:
 __all__ = [
     "LIVE_KEY",
     "REFUSED_NOTE",
+    "Survey",
     "evict",
     "find_staged",
     "index",
@@ -221,4 +256,5 @@ __all__ = [
     "note",
     "publish_live",
     "recover",
+    "survey",
 ]

@@ -110,6 +110,7 @@ class BucketStore(CheckpointStore):
         self.url = root.rstrip("/")
         address = BucketAddress.parse(root)
         self.bucket = bucket if bucket is not None else Bucket.connect(root)
+        self.costs = self.bucket.costs
         self.root = (workdir or _default_workdir(address)).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         writer = create_run and not read_only
@@ -380,6 +381,10 @@ class BucketStore(CheckpointStore):
 
     def publish_live(self, name: str) -> None:
         recovery.publish_live(self, name)
+
+    def survey(self) -> recovery.Survey:
+        """Unregistered prefixes, refused staging, staging of gone writers (``incident scan``)."""
+        return recovery.survey(self)
 
     def stored_objects(self) -> int:
         top = self.key(MANIFEST_FILE)[: -len(MANIFEST_FILE)]

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from trainguard._os.hashing import format_digest, new_hasher
-from trainguard.checkpoints._binding import bind
+from trainguard.checkpoints._binding import bind, check_binding
 from trainguard.checkpoints._quarantine import read_reason
 from trainguard.checkpoints._reading import Expected, verify_dir
 from trainguard.checkpoints.layout import RESERVED, check_layout, quarantine_root
 from trainguard.checkpoints.manifest import MANIFEST_FILE, Manifest
 from trainguard.checkpoints.signing import Signing
-from trainguard.errors import InvalidArgument
+from trainguard.errors import InvalidArgument, RegistryMismatch, RunNotFound
 from trainguard.registry import CheckpointRecord, CheckpointState, Registry
 
 _MAX_MANIFEST_BYTES = 64 << 20  # a manifest lists files and metrics; bound the read all the same
@@ -164,4 +164,31 @@ def rebuild_registry(root: Path, registry: Registry, signing: Signing, *, reason
     return report
 
 
-__all__ = ["FoundManifest", "RebuildReport", "holds_checkpoints_of", "manifests_in", "rebuild_registry"]
+def attach(root: Path, registry: Registry, run: str, *, writer: bool) -> None:
+    """Check (a reader) or make (a writer) a directory store's binding to its registry, and the run."""
+    if writer:
+        check_binding(root, registry.registry_id, registry.url)
+        if registry.run_info(run) is None and holds_checkpoints_of(root, run):
+            # A deleted registry recreated empty (or a store without a binding yet): starting the run again
+            # here would hand out token 1 and budgets from 0 beside its committed checkpoints.
+            raise RegistryMismatch(
+                str(root),
+                registry.url,
+                f"holding committed checkpoints of run {run!r}, which that registry has never seen",
+            )
+        bind(root, registry.registry_id, registry.url)
+        registry.ensure_run(run, store=root)
+        return
+    check_binding(root, registry.registry_id, registry.url)
+    if registry.run_info(run) is None:
+        raise RunNotFound(run, registry.url)
+
+
+__all__ = [
+    "FoundManifest",
+    "RebuildReport",
+    "attach",
+    "holds_checkpoints_of",
+    "manifests_in",
+    "rebuild_registry",
+]

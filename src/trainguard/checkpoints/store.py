@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Self
 
 from trainguard.checkpoints import retention
-from trainguard.checkpoints._binding import bind, check_binding
+from trainguard.checkpoints._bucket import Costs
+from trainguard.checkpoints._bucket_recovery import Survey
 from trainguard.checkpoints._commit import commit, save_request
 from trainguard.checkpoints._context import StoreContext, Validation
 from trainguard.checkpoints._durable import StepFailed, entry_exists, make_dir
@@ -21,7 +22,7 @@ from trainguard.checkpoints._values import LoadedCheckpoint, Provenance, default
 from trainguard.checkpoints.codecs import FORMATS
 from trainguard.checkpoints.layout import check_layout, quarantine_root, staging_root
 from trainguard.checkpoints.manifest import Manifest
-from trainguard.checkpoints.rebuild import holds_checkpoints_of
+from trainguard.checkpoints.rebuild import attach
 from trainguard.checkpoints.signing import Signing
 from trainguard.errors import (
     CheckpointNotFound,
@@ -29,8 +30,6 @@ from trainguard.errors import (
     CorruptCheckpoint,
     InvalidArgument,
     RegistryError,
-    RegistryMismatch,
-    RunNotFound,
     StateConflict,
 )
 from trainguard.fingerprint import Fingerprint
@@ -134,22 +133,7 @@ class CheckpointStore:
 
     def _attach(self, writer: bool) -> None:
         """Check (a reader) or make (a writer) the store's binding to its registry and the run's record."""
-        if writer:
-            check_binding(self.root, self.registry.registry_id, self.registry.url)
-            if self.registry.run_info(self.run) is None and holds_checkpoints_of(self.root, self.run):
-                # A deleted registry recreated empty (or a store without a binding yet): starting the run
-                # again here would hand out token 1 and budgets from 0 beside its committed checkpoints.
-                raise RegistryMismatch(
-                    str(self.root),
-                    self.registry.url,
-                    f"holding committed checkpoints of run {self.run!r}, which that registry has never seen",
-                )
-            bind(self.root, self.registry.registry_id, self.registry.url)
-            self.registry.ensure_run(self.run, store=self.root)
-            return
-        check_binding(self.root, self.registry.registry_id, self.registry.url)
-        if self.registry.run_info(self.run) is None:
-            raise RunNotFound(self.run, self.registry.url)
+        attach(self.root, self.registry, self.run, writer=writer)
 
     @classmethod
     def open_existing(
@@ -179,6 +163,7 @@ class CheckpointStore:
             signing=signing,
         )
 
+    costs: Costs | None = None  # an object store's requests and bytes (this process's), for the CLI to show
     on_filesystem = True  # False for an object store (saves staged by other processes need a directory)
 
     @property
@@ -406,14 +391,16 @@ class CheckpointStore:
         with contextlib.suppress(StepFailed):
             discard(self.root, self.root / name)
 
+    def survey(self) -> Survey | None:
+        """An object store's unregistered, refused and abandoned prefixes (None: a directory)."""
+        return None
+
     def stored_objects(self) -> int:
-        """An object store's data and manifest objects, wherever they sit (notes not counted); a
-        directory store's files are counted by walking it (``trainguard.promotion.checkpoint_files``)."""
+        """An object store's data and manifest objects (a directory is walked instead)."""
         raise NotImplementedError("a directory store's files are counted by walking it")
 
     def publish_live(self, name: str) -> None:
-        """After the registry moved the live pointer: nothing to do on disk (the registry is the pointer);
-        an object store also writes it where bucket-only readers look (``LIVE.json``)."""
+        """After the registry moved the live pointer: on disk nothing (the registry is the pointer)."""
 
 
 __all__ = ["LATEST", "CheckpointStore", "LoadedCheckpoint", "Provenance", "default_name"]

@@ -30,7 +30,7 @@ from trainguard.cli import (
     stop,
     watchdog,
 )
-from trainguard.cli._common import ArgumentParser, err
+from trainguard.cli._common import OPENED, ArgumentParser, costs_line, err
 from trainguard.cli._errors import describe
 from trainguard.errors import ExitCode, TrainguardError
 
@@ -82,6 +82,15 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
+    try:
+        return _run(args)
+    finally:
+        if (line := costs_line()) is not None:
+            err().print(f"trainguard: {line}", markup=False)
+        OPENED.clear()
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.handler(args))
     except TrainguardError as error:

@@ -56,7 +56,9 @@ def table(*columns: str, title: str | None = None) -> Table:
 
 def add_registry_args(parser: argparse.ArgumentParser, *, json_flag: bool = False) -> None:
     parser.add_argument("-c", "--config", metavar="CONFIG", help="config file (gives store and registry)")
-    parser.add_argument("--store", metavar="DIR", help="store directory (and its default registry)")
+    parser.add_argument(
+        "--store", metavar="DIR|URL", help="store directory (and its default registry) or s3://BUCKET/PREFIX"
+    )
     parser.add_argument("--registry", metavar="URL", help="registry URL (sqlite:///PATH or postgresql://...)")
     if json_flag:
         parser.add_argument(
@@ -155,7 +157,7 @@ def open_store(location: Location, *, recover: bool = False, read_only: bool = F
     """Open an existing run's store; never creates a run (a typo must not start a new lineage).
     ``read_only``: for commands that only look - nothing is written, a read-only store works."""
     fmt = location.config.checkpoints.format if location.config else "safetensors"
-    return CheckpointStore.open_existing(
+    store = CheckpointStore.open_existing(
         location.store,
         run=location.run,
         registry=location.registry_url,
@@ -163,6 +165,28 @@ def open_store(location: Location, *, recover: bool = False, read_only: bool = F
         recover=recover,
         read_only=read_only,
         signing=signing_of(location.config),
+    )
+    OPENED.append(store)
+    return store
+
+
+OPENED: list[CheckpointStore] = []  # this command's stores: an object store's costs are shown at exit
+
+
+def costs_line() -> str | None:
+    """What this command cost on object storage, in the units providers bill (None: no object store)."""
+    costs = [s.costs for s in OPENED if s.costs is not None]
+    if not costs:
+        return None
+    by_operation: dict[str, int] = {}
+    for c in costs:
+        for operation, count in c.requests.items():
+            by_operation[operation] = by_operation.get(operation, 0) + count
+    detail = ", ".join(f"{op} {n}" for op, n in sorted(by_operation.items()))
+    sent, received = sum(c.bytes_sent for c in costs), sum(c.bytes_received for c in costs)
+    return (
+        f"object storage: {sum(by_operation.values())} requests ({detail}); "
+        f"{received} bytes received, {sent} bytes sent"
     )
 
 

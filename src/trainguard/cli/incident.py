@@ -64,31 +64,40 @@ def _print_findings(result: StoreFindings) -> None:
         console.print(f"  unregistered directory (no committed row): {name}", markup=False)
     for name in result.dead_staging:
         console.print(f"  staging left by a dead writer: {name}", markup=False)
+    for name in result.refused_staging:
+        console.print(f"  staging of a refused commit (stale writer's evidence): {name}", markup=False)
     for line in result.writers:
         console.print(f"  WRITER: {line}", markup=False)
     for problem in result.problems:
         console.print(f"  {problem}", markup=False)
 
 
-def cmd_scan(args: argparse.Namespace) -> int:
-    targets: list[tuple[str, Path | None]] = []
-    if args.registry:
+def _targets(args: argparse.Namespace) -> list[tuple[str, Path | str | None]]:
+    """(registry URL, the one store to scan in it - None: every store it records)."""
+    targets: list[tuple[str, Path | str | None]] = []
+    if args.registry and not args.stores:
         targets.append((args.registry, None))
     for given in args.stores:
+        if given.startswith("s3://"):  # its registry is never beside it: --registry or the config names it
+            targets.append((args.registry or registry_url(args), given.rstrip("/")))
+            continue
         path = Path(given).resolve()
         if not path.is_dir():
-            raise InvalidArgument("STORE", given, "is not a directory")
+            raise InvalidArgument("STORE", given, "is not a directory (or an s3:// store)")
         targets.append((default_registry_url(path), path))
     if not targets:
         # No argument: every store of the registry the config names (-c, $TRAINGUARD_CONFIG, ./guard.yaml).
         targets.append((registry_url(args), None))
+    return targets
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    targets = _targets(args)
     watch = duration_arg("--watch", args.watch) if args.watch else None
     results, foreign = [], []
     for url, only in targets:
         with Registry.open(url, mode="read") as registry:
-            runs = [
-                r for r in registry.runs() if r.store and (only is None or Path(r.store).resolve() == only)
-            ]
+            runs = [r for r in registry.runs() if r.store and (only is None or _same_store(r.store, only))]
             results += [scan_store(registry, run) for run in runs]
             if watch is not None:
                 extra = [Path(d) for d in args.watch_dir]
@@ -112,6 +121,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if not found:
         console.print("nothing found")
     return code
+
+
+def _same_store(recorded: str, given: Path | str) -> bool:
+    if isinstance(given, str):  # an s3:// URL
+        return recorded.rstrip("/") == given
+    return not recorded.startswith("s3://") and Path(recorded).resolve() == given
 
 
 __all__ = ["register"]

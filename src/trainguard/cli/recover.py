@@ -51,7 +51,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     )
     console.print(f"  checkpoints by state before {outcome.states_before} -> after {outcome.states_after}")
     console.print(
-        f"  checkpoint files on disk before {outcome.files_before} -> after {outcome.files_after} "
+        f"  checkpoint files (objects) before {outcome.files_before} -> after {outcome.files_after} "
         "(nothing deleted)"
     )
     return 0

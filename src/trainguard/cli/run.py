@@ -21,7 +21,7 @@ def register(commands: argparse._SubParsersAction[ArgumentParser]) -> None:
     run = commands.add_parser("run", help="launch a training command under a lease, budget and supervision")
     run.add_argument("-c", "--config", metavar="CONFIG")
     run.add_argument("--run", dest="run_name", metavar="NAME")
-    run.add_argument("--store", metavar="DIR")
+    run.add_argument("--store", metavar="DIR|URL", help="store directory or s3://BUCKET/PREFIX")
     run.add_argument("--registry", metavar="URL")
     run.add_argument("--max-episodes", type=int, metavar="N")
     run.add_argument("--max-steps", type=int, metavar="N")

@@ -20,6 +20,7 @@ import psutil
 from trainguard.budget import overruns
 from trainguard.checkpoints import CheckpointStore
 from trainguard.checkpoints.layout import RESERVED, STAGING, StagingName
+from trainguard.names import URL_SCHEME
 from trainguard.registry import CheckpointState, Registry, RunRecord
 from trainguard.supervise._procs import Evidence, describe
 from trainguard.supervise._snapshot import Snapshot
@@ -43,6 +44,7 @@ class StoreFindings:
     suspects: list[Suspect] = field(default_factory=list)
     unregistered: list[str] = field(default_factory=list)
     dead_staging: list[str] = field(default_factory=list)
+    refused_staging: list[str] = field(default_factory=list)  # an object store's refused commits (evidence)
     fenced_attempts: int = 0
     problems: list[str] = field(default_factory=list)  # live pointer, budget
     writers: list[str] = field(default_factory=list)  # writes by processes that are not the run's (--watch)
@@ -53,6 +55,7 @@ class StoreFindings:
             self.suspects
             or self.unregistered
             or self.dead_staging
+            or self.refused_staging
             or self.problems
             or self.fenced_attempts
             or self.writers
@@ -65,6 +68,7 @@ class StoreFindings:
             "suspects": [s.as_dict() for s in self.suspects],
             "unregistered": self.unregistered,
             "dead_staging": self.dead_staging,
+            "refused_staging": self.refused_staging,
             "fenced_attempts_last_hour": self.fenced_attempts,
             "problems": self.problems,
             "over_budget": [
@@ -91,6 +95,12 @@ def owners(snapshot: Snapshot, run: str) -> tuple[int | None, set[int]]:
 
 
 def scan_run(snapshot: Snapshot, run: RunRecord) -> StoreFindings:
+    if run.store and URL_SCHEME.match(run.store):  # an object store: no processes hold its files here
+        findings = StoreFindings(run.name, run.store)
+        states = snapshot.checkpoint_states.get(run.name, {})
+        findings.problems.extend(_run_problems(snapshot, run, states))
+        findings.fenced_attempts = len([e for e in snapshot.refused if e.run == run.name])
+        return findings
     store = Path(run.store or ".")
     findings = StoreFindings(run.name, str(store))
     if not store.is_dir():
@@ -165,12 +175,18 @@ def scan_store(registry: Registry, run: RunRecord) -> StoreFindings:
     findings = scan_run(Snapshot.take(registry, runs=[run]), run)
     live = registry.live_pointer(run.name)
     record = registry.find_checkpoint(run.name, live) if live else None
-    if record is not None and record.state is CheckpointState.COMMITTED and run.store:
+    surveyed = run.store is not None and URL_SCHEME.match(run.store) is not None
+    checked = record is not None and record.state is CheckpointState.COMMITTED
+    if run.store and (surveyed or checked):
         with CheckpointStore.open_existing(
             run.store, run=run.name, registry=registry, read_only=True
         ) as store:
-            report = store.verify(record.name)
-        if not report.ok:
+            report = store.verify(record.name) if checked and record is not None else None
+            if (survey := store.survey()) is not None:  # the bucket's prefixes, listed once
+                findings.unregistered += survey.unregistered
+                findings.dead_staging += survey.abandoned
+                findings.refused_staging += survey.refused
+        if report is not None and not report.ok:
             problem = report.problems[0]
             findings.problems.append(
                 f"the live checkpoint {live} fails its integrity gate: {problem.file}: {problem.reason}"

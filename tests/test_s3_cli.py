@@ -1,0 +1,135 @@
+"""The operator's commands on an s3:// store (issue 15), as a user runs them: `ckpt ls/verify/pin/quarantine/
+release/prune`, `promote`, `recover` and `incident scan`, against a SeaweedFS server the test starts, with the
+endpoint and keys in the usual AWS variables and a SQLite registry on local disk. Every command that touched
+the bucket says what it cost (requests, bytes) on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from s3_server import SeaweedS3, seaweed_s3
+
+from trainguard import CheckpointStore
+from trainguard.checkpoints.layout import StagingName
+from trainguard.registry import CheckpointState, ProcessIdentity
+
+RUN = "ops"
+
+
+@pytest.fixture
+def s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[SeaweedS3, str, str]]:
+    with seaweed_s3(tmp_path / "seaweed") as server:
+        server.client().create_bucket(Bucket="ops")
+        for variable, value in {**server.env(), "XDG_CACHE_HOME": str(tmp_path / "cache")}.items():
+            monkeypatch.setenv(variable, value)
+        yield server, "s3://ops/team/run", f"sqlite:///{tmp_path / 'registry.db'}"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trainguard", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ,
+        check=False,
+    )
+
+
+def _saved(url: str, registry: str) -> list[str]:
+    with CheckpointStore(url, run=RUN, registry=registry) as store:
+        lease = store.registry.acquire(RUN)
+        names = [
+            store.save(
+                {"w": np.full(1000, i, dtype=np.float32)},
+                episode=i,
+                lease=lease,
+                metrics={"reward": float(i), "actions": {"buy": 40, "sell": 40, "hold": 40}},
+            ).name
+            for i in range(1, 5)
+        ]
+        lease.release()
+    return names
+
+
+def test_the_operators_commands_work_on_an_s3_store(s3: tuple[SeaweedS3, str, str]) -> None:
+    server, url, registry = s3
+    one, two, three, four = _saved(url, registry)
+    where = ["--store", url, "--registry", registry]
+    listed = _cli("ckpt", "ls", RUN, *where, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [c["name"] for c in json.loads(listed.stdout)["checkpoints"]] == [one, two, three, four]
+    assert "object storage:" in listed.stderr and "ListObjectsV2" not in listed.stderr  # costs, by operation
+    assert _cli("ckpt", "verify", RUN, *where).returncode == 0
+    # An object changed behind the store's back: verify names it, exit 1.
+    client = server.client()
+    with CheckpointStore.open_existing(url, run=RUN, registry=registry, read_only=True) as store:
+        tensors = f"{store.manifest(two).origin['objects']}/tensors.safetensors"  # type: ignore[index]
+    body = bytearray(client.get_object(Bucket="ops", Key=tensors)["Body"].read())
+    body[-1] ^= 1
+    client.put_object(Bucket="ops", Key=tensors, Body=bytes(body))
+    verified = _cli("ckpt", "verify", RUN, two, *where)
+    assert verified.returncode == 1 and tensors in verified.stdout + verified.stderr, verified
+    assert "GetObject" in verified.stderr and "bytes received" in verified.stderr
+    # Pin, quarantine, release.
+    assert _cli("ckpt", "pin", RUN, one, *where, "--reason", "the baseline").returncode == 0
+    assert _cli("ckpt", "quarantine", RUN, two, *where, "--reason", "corrupt").returncode == 0
+    assert _cli("ckpt", "quarantine", RUN, three, *where, "--reason", "looks odd").returncode == 0
+    refused = _cli("ckpt", "release", RUN, two, *where)
+    assert refused.returncode != 0 and "cannot be released" in refused.stderr, refused
+    assert _cli("ckpt", "release", RUN, three, *where, "--reason", "checked").returncode == 0
+    # Promote through the gates: the live pointer object moves with it.
+    promoted = _cli("promote", RUN, four, *where, "--json")
+    assert promoted.returncode == 0 and json.loads(promoted.stdout)["promoted"], promoted.stdout
+    live = json.loads(client.get_object(Bucket="ops", Key="team/run/LIVE.json")["Body"].read())
+    assert live["checkpoint"] == four
+    # Retention: keep the newest; the pinned, the live one and the quarantined stay.
+    pruned = _cli("ckpt", "prune", RUN, *where, "--keep-last", "1", "--json")
+    assert pruned.returncode == 0, pruned.stderr
+    assert json.loads(pruned.stdout)["evicted"] == [three]
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="ops", Prefix="team/run/").get("Contents", [])]
+    assert not any(f"/{three}/" in k or f"/{three}." in k for k in keys if "/.quarantine/" not in k)
+    # The incident drill: back to the last good, everything after it quarantined, nothing deleted.
+    recovered = _cli("recover", RUN, *where, "--last-good", one, "--reason", "drill", "--json")
+    assert recovered.returncode == 0, recovered.stderr
+    outcome = json.loads(recovered.stdout)
+    assert outcome["files_before"] == outcome["files_after"] > 0  # nothing deleted
+    live = json.loads(client.get_object(Bucket="ops", Key="team/run/LIVE.json")["Body"].read())
+    assert live["checkpoint"] == one
+    with CheckpointStore.open_existing(url, run=RUN, registry=registry, read_only=True) as store:
+        assert store.record(four).state is CheckpointState.QUARANTINED
+        assert float(store.load(one).state["w"][0]) == 1.0
+
+
+def test_incident_scan_names_what_the_registry_never_committed(s3: tuple[SeaweedS3, str, str]) -> None:
+    server, url, registry = s3
+    _saved(url, registry)
+    client = server.client()
+    client.put_object(Bucket="ops", Key="team/run/rogue/MANIFEST.json", Body=b"{}")  # a writer not ours
+    dead = ProcessIdentity.current()
+    dead_name = StagingName.new("ep00000009-t1", _with_pid(dead, 1), 1)
+    client.put_object(Bucket="ops", Key=f"team/run/.staging/{dead_name}/tensors.safetensors", Body=b"x")
+    refused_name = StagingName.new("ep00000010-t1", dead, 1)
+    client.put_object(Bucket="ops", Key=f"team/run/.staging/{refused_name}/REFUSED.json", Body=b"{}")
+    scanned = _cli("incident", "scan", url, "--registry", registry, "--json")
+    assert scanned.returncode == 1, scanned.stderr
+    found = json.loads(scanned.stdout)["stores"][0]
+    assert found["unregistered"] == ["rogue"]
+    assert found["dead_staging"] == [dead_name] and found["refused_staging"] == [refused_name]
+    clean = _cli("incident", "scan", "s3://ops/elsewhere", "--registry", registry, "--json")
+    assert clean.returncode == 0 and json.loads(clean.stdout)["stores"] == []
+
+
+def _with_pid(identity: ProcessIdentity, start_ticks: int) -> ProcessIdentity:
+    """This host, but a process that is not alive (pid 1 never started at tick 1 after boot)."""
+    from dataclasses import replace
+
+    return replace(identity, pid=1, start_ticks=start_ticks)
