@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "stress"))
-from s3_server import seaweed_s3  # noqa: E402
+from s3_server import seaweed_s3
 
-from trainguard import CheckpointStore, Registry  # noqa: E402
+from trainguard import CheckpointStore, Registry
 
 GIB = 1 << 30
 
@@ -36,7 +36,8 @@ def _state() -> dict[str, np.ndarray]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     state = _state()
@@ -75,8 +76,8 @@ def main() -> int:
                     times["download"].append(time.perf_counter() - started)
                     target.unlink()
                     print(
-                        f"round {round_}: save {times['save'][-1]:.2f}s upload_file {times['upload'][-1]:.2f}s "
-                        f"load {times['load'][-1]:.2f}s download_file {times['download'][-1]:.2f}s",
+                        f"round {round_}: save {times['save'][-1]:.2f}s "
+                        f"upload_file {times['upload'][-1]:.2f}s load {times['load'][-1]:.2f}s download_file {times['download'][-1]:.2f}s",
                         flush=True,
                     )
                 costs = store.bucket.costs.as_dict()  # type: ignore[attr-defined]

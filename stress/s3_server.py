@@ -76,6 +76,9 @@ class SeaweedS3:
             _weed(), "server",
             "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.directory / 'data'}",
             f"-master.port={b}", f"-master.port.grpc={b + 1}", "-master.electionTimeout=1s",
+            # Nothing leaves the machine (no usage report), and no fixed default port is bound: two
+            # servers (a session's and a test's own) must run side by side.
+            "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.volumeSizeLimitMB=1024",
             f"-volume.port={b + 2}", f"-volume.port.grpc={b + 3}", "-volume.max=0",
             "-filer", f"-filer.port={b + 4}", f"-filer.port.grpc={b + 5}",

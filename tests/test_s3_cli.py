@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from s3_server import SeaweedS3, seaweed_s3
 
+from guard_support import run_worker, worker, write_config
 from trainguard import CheckpointStore
 from trainguard.checkpoints.layout import StagingName
 from trainguard.registry import CheckpointState, ProcessIdentity
@@ -133,3 +134,31 @@ def _with_pid(identity: ProcessIdentity, start_ticks: int) -> ProcessIdentity:
     from dataclasses import replace
 
     return replace(identity, pid=1, start_ticks=start_ticks)
+
+
+def test_a_guarded_run_on_an_s3_store_keeps_its_budget_across_restarts(
+    s3: tuple[SeaweedS3, str, str], tmp_path: Path
+) -> None:
+    """The Guard (in the trainer's process) and `trainguard run` with `store: s3://...` in the config:
+    the episode budget holds over three starts, checkpoints land in the bucket and load verified."""
+    _, url, registry = s3
+    config = write_config(
+        tmp_path,
+        "guarded",
+        store=url,
+        registry=registry,
+        limits={"max_episodes": 25},
+        checkpoints={"every_episodes": 5, "keep_last": 2},
+    )
+    starts = [run_worker(config, "--resume", "--episodes-per-run", "10") for _ in range(2)]
+    launched = _cli("run", "-c", str(config), "--", *worker(config, "--resume", "--episodes-per-run", "10"))
+    assert launched.returncode == 3, launched.stderr  # a guard rule (the budget) ended the run
+    assert [len(s["episodes"]) for s in starts] == [10, 10]
+    assert starts[1]["resumed"] == 10
+    with CheckpointStore.open_existing(url, run="guarded", registry=registry, read_only=True) as store:
+        info = store.registry.run_info("guarded")
+        assert info is not None and info.episodes_spent == 25
+        kept = store.checkpoints()
+        assert kept[-1].episode == 25 and len(kept) <= 3  # keep_last 2 (+ the resume source)
+        assert all(store.verify(r.name).ok for r in kept)
+        assert float(store.load(kept[-1].name).state["w"][0]) == 25.0

@@ -63,6 +63,19 @@ def registry_files(store: str | Path) -> list[Path]:
     return [base, *(base.with_name(base.name + suffix) for suffix in ("-wal", "-shm", "-journal"))]
 
 
+def bucket_url(url: str, parameter: str = "store") -> tuple[str, str]:
+    """(bucket, prefix) of an object store's ``s3://BUCKET[/PREFIX]``; :class:`InvalidArgument` otherwise."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise InvalidArgument(parameter, url, "an object store is s3://BUCKET[/PREFIX]")
+    prefix = parsed.path.strip("/")
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        raise InvalidArgument(parameter, url, "the prefix must not contain empty, '.' or '..' parts")
+    return parsed.netloc, prefix
+
+
 def default_registry_url(store: str | Path) -> str:
     """The SQLite registry a store has when no other is configured: ``<store>/.trainguard/registry.db``
     (an object store has none: SQLite is never kept on one)."""
@@ -152,6 +165,7 @@ __all__ = [
     "META_DIRECTORY",
     "URL_SCHEME",
     "CountPattern",
+    "bucket_url",
     "count_pattern",
     "default_registry_url",
     "meta_directory",

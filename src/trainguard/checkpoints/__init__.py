@@ -3,6 +3,7 @@ docs/design.md, "The commit protocol" and "Recovery")."""
 
 from __future__ import annotations
 
+from trainguard.checkpoints import _bucket_store as _bucket_store  # registers the s3:// store
 from trainguard.checkpoints import retention
 from trainguard.checkpoints._binding import bound_to
 from trainguard.checkpoints._context import Validation, Validator

@@ -21,10 +21,10 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
 
 from trainguard._os.hashing import format_digest, new_hasher
 from trainguard.errors import CheckpointWriteError, CorruptCheckpoint, InvalidArgument, MissingDependency
+from trainguard.names import bucket_url
 
 PART = 8 << 20  # multipart part size: above S3's 5 MiB minimum, small enough to keep several in flight
 _CONFLICT_RETRIES = 5  # 409 ConditionalRequestConflict: another conditional write to the key is in flight
@@ -39,13 +39,7 @@ class BucketAddress:
 
     @classmethod
     def parse(cls, url: str) -> BucketAddress:
-        parsed = urlparse(url)
-        if parsed.scheme != "s3" or not parsed.netloc:
-            raise InvalidArgument("store", url, "an object store is s3://BUCKET[/PREFIX]")
-        prefix = parsed.path.strip("/")
-        if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
-            raise InvalidArgument("store", url, "the prefix must not contain empty, '.' or '..' parts")
-        return cls(parsed.netloc, prefix)
+        return cls(*bucket_url(url))
 
     def key(self, *parts: str) -> str:
         for part in parts:

@@ -386,9 +386,16 @@ class BucketStore(CheckpointStore):
         """Unregistered prefixes, refused staging, staging of gone writers (``incident scan``)."""
         return recovery.survey(self)
 
+    def stored_bytes(self) -> int:
+        top = self.key(MANIFEST_FILE)[: -len(MANIFEST_FILE)]
+        return sum(e.size for e in self.bucket.keys(top))
+
     def stored_objects(self) -> int:
         top = self.key(MANIFEST_FILE)[: -len(MANIFEST_FILE)]
         return sum(1 for e in self.bucket.keys(top) if recovery.is_checkpoint_object(e.key[len(top) :]))
+
+
+CheckpointStore.object_store = BucketStore  # s3:// URLs open a BucketStore (see CheckpointStore.__new__)
 
 
 def _default_workdir(address: BucketAddress) -> Path:

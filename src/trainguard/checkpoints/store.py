@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Self
 
+from trainguard._os.resources import tree_bytes
 from trainguard.checkpoints import retention
 from trainguard.checkpoints._bucket import Costs
 from trainguard.checkpoints._bucket_recovery import Survey
@@ -61,12 +62,12 @@ class CheckpointStore:
     opens the registry so that it cannot write (a read-only store can be listed, verified and served).
     """
 
+    object_store: type[CheckpointStore] | None = None  # set by _bucket_store (imported by the package)
+
     def __new__(cls, root: str | os.PathLike[str], *args: Any, **kwargs: Any) -> CheckpointStore:
         # An s3:// URL selects the object-storage store wherever a store is opened (API, CLI, config).
-        if cls is CheckpointStore and URL_SCHEME.match(str(root)):
-            from trainguard.checkpoints._bucket_store import BucketStore
-
-            return super().__new__(BucketStore)
+        if cls is CheckpointStore and URL_SCHEME.match(str(root)) and cls.object_store is not None:
+            return super().__new__(cls.object_store)
         return super().__new__(cls)
 
     def __init__(
@@ -394,6 +395,10 @@ class CheckpointStore:
     def survey(self) -> Survey | None:
         """An object store's unregistered, refused and abandoned prefixes (None: a directory)."""
         return None
+
+    def stored_bytes(self) -> int:
+        """What the store holds, in bytes (the disk budget's measure)."""
+        return tree_bytes(self.root)
 
     def stored_objects(self) -> int:
         """An object store's data and manifest objects (a directory is walked instead)."""

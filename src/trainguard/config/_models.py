@@ -22,7 +22,7 @@ from trainguard.config._project import Translation
 from trainguard.config._thresholds import parse_threshold
 from trainguard.config.units import parse_duration, parse_size
 from trainguard.errors import MISSING, ConfigError, InvalidArgument, InvalidName
-from trainguard.names import URL_SCHEME, default_registry_url, registry_url, validate_name
+from trainguard.names import URL_SCHEME, bucket_url, default_registry_url, registry_url, validate_name
 
 T = TypeVar("T")
 
@@ -287,10 +287,8 @@ class TrainguardConfig(_Section):
             # Kept as the URL it is: Path("s3://b/p") would be the local directory "s3:/b/p".
             if not value.startswith("s3://"):
                 raise ValueError("a store is a directory or an s3://BUCKET[/PREFIX] URL")
-            from trainguard.checkpoints._bucket import BucketAddress
-
             try:
-                BucketAddress.parse(value)
+                bucket_url(value)
             except InvalidArgument as error:
                 raise ValueError(error.rule) from None
             return value.rstrip("/")

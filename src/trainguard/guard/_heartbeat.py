@@ -14,10 +14,9 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from trainguard._os.resources import tree_bytes, tree_usage
+from trainguard._os.resources import tree_usage
 from trainguard.budget import Budget, CpuWindow, EffectiveLimits, LevelWarnings, over_ceiling, warn_log
 from trainguard.errors import RegistryError
 from trainguard.guard._account import BudgetAccount
@@ -49,7 +48,7 @@ class Heartbeat:
         lease: Lease,
         account: BudgetAccount,
         files: RunFiles,
-        store_root: Path,
+        stored_bytes: Callable[[], int],
         *,
         progress: Callable[[], LoopProgress],
         request_stop: Callable[[Stop], None],
@@ -62,7 +61,7 @@ class Heartbeat:
         self.lease = lease
         self.account = account
         self.files = files
-        self.store_root = store_root
+        self.stored_bytes = stored_bytes  # the store's size: a directory walked, a bucket prefix listed
         self.progress = progress
         self.request_stop = request_stop
         self.lease_lost = lease_lost
@@ -141,7 +140,7 @@ class Heartbeat:
         if self.cpu is not None and (busy := self.cpu.observe(self.clock(), usage.cpu_seconds)):
             self.request_stop(Stop(StopReason.CPU, str(busy)))
         if limits.disk:
-            self.disk = tree_bytes(self.store_root)
+            self.disk = self.stored_bytes()
             if overrun := over_ceiling(Budget.DISK, self.disk, limits.disk):
                 self.request_stop(Stop(StopReason.DISK, str(overrun)))
 

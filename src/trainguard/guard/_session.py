@@ -150,7 +150,7 @@ class Session:
             self.lease,
             account,
             self.files,
-            self.store.root,
+            self.store.stored_bytes,
             progress=hooks.progress,
             request_stop=hooks.request_stop,
             lease_lost=hooks.lease_lost,

@@ -90,9 +90,8 @@ class Launcher:
         try:
             # Creates and recovers it (and checks the config's signing keys before anything starts).
             signing = signing_of(self.config)
-            created = CheckpointStore(store_path, run=self.run, registry=registry, signing=signing)
-            local = created.root  # run files go here: the store's directory, or an object store's workdir
-            created.close()
+            with CheckpointStore(store_path, run=self.run, registry=registry, signing=signing) as created:
+                local = created.root  # run files: the store's directory, or an object store's workdir
             ttl, takeover = self.config.monitoring.lease_ttl, self.options.takeover
             lease = registry.acquire(self.run, ttl=ttl, takeover=takeover, reason="trainguard run")
             try:

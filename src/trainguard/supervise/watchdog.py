@@ -23,6 +23,7 @@ from trainguard._os.identity import ProcessIdentity
 from trainguard._os.resources import tree_bytes, tree_rss
 from trainguard.budget import Budget, EffectiveLimits, heartbeat_interval, over_ceiling, overruns
 from trainguard.errors import RegistryError
+from trainguard.names import URL_SCHEME
 from trainguard.notify import Notifier
 from trainguard.registry import EventKind, LeaseInfo, LeaseState, ProcessRole, Registry, RunRecord
 from trainguard.supervise import _descendants
@@ -224,7 +225,8 @@ class Watchdog:
             evidence["rss"] = rss = tree_rss(*(t.pid for t in alive if t.role != ProcessRole.LAUNCHER))
             if overrun := over_ceiling(Budget.MEMORY, rss, limits.memory):
                 return Finding(run.name, Violation.MEMORY, str(overrun), alive, evidence)
-        if limits.disk is not None and run.store:
+        # An object store's size is judged by its Guard (which has the bucket's credentials), not here.
+        if limits.disk is not None and run.store and not URL_SCHEME.match(run.store):
             evidence["disk"] = used = tree_bytes(Path(run.store))
             if overrun := over_ceiling(Budget.DISK, used, limits.disk):
                 return Finding(run.name, Violation.DISK, str(overrun), alive, evidence)
