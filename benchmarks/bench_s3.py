@@ -77,7 +77,8 @@ def main() -> int:
                     target.unlink()
                     print(
                         f"round {round_}: save {times['save'][-1]:.2f}s "
-                        f"upload_file {times['upload'][-1]:.2f}s load {times['load'][-1]:.2f}s download_file {times['download'][-1]:.2f}s",
+                        f"upload_file {times['upload'][-1]:.2f}s load {times['load'][-1]:.2f}s "
+                        f"download_file {times['download'][-1]:.2f}s",
                         flush=True,
                     )
                 costs = store.bucket.costs.as_dict()  # type: ignore[attr-defined]
