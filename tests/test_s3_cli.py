@@ -162,3 +162,26 @@ def test_a_guarded_run_on_an_s3_store_keeps_its_budget_across_restarts(
         assert kept[-1].episode == 25 and len(kept) <= 3  # keep_last 2 (+ the resume source)
         assert all(store.verify(r.name).ok for r in kept)
         assert float(store.load(kept[-1].name).state["w"][0]) == 25.0
+
+
+@pytest.mark.parametrize(
+    ("store", "env", "said"),
+    [
+        ("s3://no-such-bucket/p", {}, "the bucket does not exist (NoSuchBucket)"),
+        ("s3://ops/p", {"AWS_SECRET_ACCESS_KEY": "wrong"}, "access denied with these credentials"),
+    ],
+)
+def test_a_bucket_that_cannot_be_used_is_one_line_and_exit_2(
+    s3: tuple[SeaweedS3, str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    store: str,
+    env: dict[str, str],
+    said: str,
+) -> None:
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    registry = f"sqlite:///{tmp_path / 'other.db'}"
+    done = _cli("run", "--run", "r", "--store", store, "--registry", registry, "--", "true")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and said in lines[0], done.stderr

@@ -304,6 +304,20 @@ def _parts(chunks: Iterable[bytes | memoryview]) -> Iterator[bytes]:
         yield bytes(pending)
 
 
+def unreachable(error: BaseException) -> str:
+    """Why a bucket cannot be used, as one line for the user (a missing bucket, refused keys, no server)."""
+    status = _status(error)
+    code = getattr(error, "response", {}).get("Error", {}).get("Code") if status else None
+    if status == 404:
+        return f"cannot be used: the bucket does not exist ({code or 404})"
+    if status == 403:
+        return f"cannot be used: access denied with these credentials ({code or 403})"
+    name = type(error).__name__
+    if name == "NoCredentialsError":
+        return "cannot be used: no AWS credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile)"
+    return f"cannot be used: {name}: {error}"
+
+
 def _status(error: BaseException) -> int | None:
     response = getattr(error, "response", None)
     if isinstance(response, dict):
@@ -311,4 +325,4 @@ def _status(error: BaseException) -> int | None:
     return None
 
 
-__all__ = ["PART", "Bucket", "BucketAddress", "Conditional", "Costs", "Listed", "Uploaded"]
+__all__ = ["PART", "Bucket", "BucketAddress", "Conditional", "Costs", "Listed", "Uploaded", "unreachable"]

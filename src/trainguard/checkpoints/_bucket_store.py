@@ -35,7 +35,7 @@ from typing import Any
 from trainguard._os.hashing import hash_bytes
 from trainguard.checkpoints import _bucket_recovery as recovery
 from trainguard.checkpoints import retention
-from trainguard.checkpoints._bucket import Bucket, BucketAddress, Uploaded
+from trainguard.checkpoints._bucket import Bucket, BucketAddress, Uploaded, unreachable
 from trainguard.checkpoints._commit import check_commit, check_fresh, save_request
 from trainguard.checkpoints._context import StoreContext, Validation
 from trainguard.checkpoints._durable import Chunk
@@ -150,9 +150,14 @@ class BucketStore(CheckpointStore):
         """The bucket prefix is bound to one registry (its first writer's), as a directory is."""
         key = self.key(*BINDING_KEY)
         body = {"registry_id": self.registry.registry_id, "registry": self.registry.url}
-        if writer:
-            self.bucket.put_new(key, json.dumps({**body, "bound_at": time.time()}).encode())
-        found = self.bucket.read(key)
+        try:  # the first request: a wrong bucket, endpoint or key is said here, in one line
+            if writer:
+                self.bucket.put_new(key, json.dumps({**body, "bound_at": time.time()}).encode())
+            found = self.bucket.read(key)
+        except CheckpointWriteError as error:
+            raise InvalidArgument("store", self.url, unreachable(error.__cause__ or error)) from None
+        except Exception as error:
+            raise InvalidArgument("store", self.url, unreachable(error)) from None
         bound = json.loads(found).get("registry_id") if found else None
         if bound is not None and bound != self.registry.registry_id:
             given = f"{self.registry.url} (registry {self.registry.registry_id})"
