@@ -18,6 +18,7 @@ import pytest
 from s3_server import SeaweedS3, moto_s3, seaweed_s3
 
 from guard_support import run_worker, worker, write_config
+from support import spawned
 from trainguard import CheckpointStore
 from trainguard.checkpoints.layout import StagingName
 from trainguard.registry import CheckpointState, ProcessIdentity
@@ -183,3 +184,21 @@ def test_a_bucket_that_cannot_be_used_is_one_line_and_exit_2(
             for variable, value in patched_env.items():
                 patched.setenv(variable, value)
             refused("s3://no-such-bucket/p", "the bucket does not exist (NoSuchBucket)")
+
+
+def test_stop_signals_the_guarded_trainer_of_an_s3_run(
+    s3: tuple[SeaweedS3, str, str], tmp_path: Path
+) -> None:
+    """`trainguard stop` finds an s3:// run's trainer through the local workdir its Guard keeps (pid file,
+    binding): revokes the lease and SIGTERMs it; the trainer stops gracefully."""
+    _, url, registry = s3
+    config = write_config(tmp_path, "stoppable", store=url, registry=registry)
+    with spawned(worker(config, "--episode-seconds", "0.05"), stdout=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("episode "), "the trainer did not start"
+        where = ["--store", url, "--registry", registry]
+        stop = _cli("stop", "stoppable", *where, "--reason", "drill", "--grace", "5s")
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        assert "lease revoked" in stop.stdout and f"{proc.pid} SIGTERM" in stop.stdout, stop.stdout
+        proc.wait(timeout=60)
+        assert proc.returncode == 0

@@ -8,6 +8,7 @@ short by C APIs (NUL) is refused before it reaches the filesystem.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,17 @@ def bucket_url(url: str, parameter: str = "store") -> tuple[str, str]:
     if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
         raise InvalidArgument(parameter, url, "the prefix must not contain empty, '.' or '..' parts")
     return parsed.netloc, prefix
+
+
+def store_directory(store: str) -> Path:
+    """The local directory of a store as the registry records it: the directory itself, or for an
+    ``s3://`` store the workdir where its processes keep their pid, heartbeat and descendants files
+    (``$XDG_CACHE_HOME/trainguard/s3/<bucket>/<prefix>``, the cache defaulting to ``~/.cache``)."""
+    if not URL_SCHEME.match(store):
+        return Path(store)
+    bucket, prefix = bucket_url(store)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "trainguard" / "s3" / bucket / (prefix or "_")
 
 
 def default_registry_url(store: str | Path) -> str:
@@ -171,5 +183,6 @@ __all__ = [
     "meta_directory",
     "registry_files",
     "registry_url",
+    "store_directory",
     "validate_name",
 ]

@@ -26,7 +26,6 @@ quarantine once their writer is gone. Nothing is deleted but by retention.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 from trainguard._os.hashing import hash_bytes
 from trainguard.checkpoints import _bucket_recovery as recovery
 from trainguard.checkpoints import retention
+from trainguard.checkpoints._binding import bind
 from trainguard.checkpoints._bucket import Bucket, BucketAddress, Uploaded, unreachable
 from trainguard.checkpoints._commit import check_commit, check_fresh, save_request
 from trainguard.checkpoints._context import StoreContext, Validation
@@ -59,7 +59,7 @@ from trainguard.errors import (
     TrainguardError,
 )
 from trainguard.fingerprint import Fingerprint
-from trainguard.names import validate_name
+from trainguard.names import store_directory, validate_name
 from trainguard.registry import (
     DEFAULT_LEASE_TTL,
     CheckpointRecord,
@@ -108,10 +108,10 @@ class BucketStore(CheckpointStore):
                 "registry", None, f"{root} needs a registry URL (PostgreSQL, or SQLite on a local disk)"
             )
         self.url = root.rstrip("/")
-        address = BucketAddress.parse(root)
+        BucketAddress.parse(root)  # a malformed URL is refused before any connection
         self.bucket = bucket if bucket is not None else Bucket.connect(root)
         self.costs = self.bucket.costs
-        self.root = (workdir or _default_workdir(address)).resolve()
+        self.root = (workdir or store_directory(self.url)).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         writer = create_run and not read_only
         self._owns_registry = not isinstance(registry, Registry)
@@ -163,6 +163,9 @@ class BucketStore(CheckpointStore):
             given = f"{self.registry.url} (registry {self.registry.registry_id})"
             raise RegistryMismatch(self.url, given, f"bound to registry {bound}")
         if writer:
+            # The workdir is bound too: `stop` and the watchdog signal a process for this run only if its
+            # files are under a directory bound to their registry (supervise.Membership).
+            bind(self.root, self.registry.registry_id, self.registry.url)
             self.registry.ensure_run(self.run, store=self.url)
         elif self.registry.run_info(self.run) is None:
             raise RunNotFound(self.run, self.registry.url)
@@ -300,10 +303,10 @@ class BucketStore(CheckpointStore):
             body = self.bucket.read(key) or b""
         if hash_bytes(body) != record.manifest_hash:
             raise CorruptCheckpoint(record.name, key, "hash differs from the registry's record")
-        signature_key = key.rsplit("/", 1)[0] + "/" + SIGNATURE_FILE
-        check_signature_bytes(
-            record.name, signature_key, self.bucket.read(signature_key), body, self._context.signing
-        )
+        signing = self._context.signing
+        if signing.required or signing.verifier is not None:  # else a signature is not read (one GET less)
+            signature_key = key.rsplit("/", 1)[0] + "/" + SIGNATURE_FILE
+            check_signature_bytes(record.name, signature_key, self.bucket.read(signature_key), body, signing)
         manifest = Manifest.from_bytes(body)
         if manifest.name != record.name or manifest.run != self.run:
             wrong = f"manifest is for {manifest.name!r} of {manifest.run!r}"
@@ -401,11 +404,6 @@ class BucketStore(CheckpointStore):
 
 
 CheckpointStore.object_store = BucketStore  # s3:// URLs open a BucketStore (see CheckpointStore.__new__)
-
-
-def _default_workdir(address: BucketAddress) -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "trainguard" / "s3" / address.bucket / (address.prefix or "_")
 
 
 def _occupied(staging: str, name: str) -> CheckpointWriteError:

@@ -4,7 +4,6 @@ for it - each verified by pid and start time, nothing else."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from trainguard._os.identity import host_key, is_same_process_alive
 from trainguard.cli._common import (
@@ -16,7 +15,7 @@ from trainguard.cli._common import (
     registry_url,
 )
 from trainguard.errors import ExitCode
-from trainguard.names import validate_name
+from trainguard.names import store_directory, validate_name
 from trainguard.registry import EventKind, ProcessRole, Registry
 from trainguard.supervise import LadderResult, Membership, Target, run_ladder
 
@@ -49,7 +48,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
             else []
         )
         # Rows say which processes; the kernel says whether they are the run's (uid, marker, cgroup, files).
-        membership = Membership(run, Path(record.store) if record.store else None, registry.registry_id)
+        store = store_directory(record.store) if record.store else None
+        membership = Membership(run, store, registry.registry_id)
         result = _stop_in_order(targets, grace, membership) if targets else None
         registry.add_event(
             run,

@@ -11,7 +11,6 @@ reason, the signals and the evidence; ``dry_run`` records the same event and tou
 from __future__ import annotations
 
 import logging
-import os
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from trainguard._os.identity import ProcessIdentity
 from trainguard._os.resources import tree_bytes, tree_rss
 from trainguard.budget import Budget, EffectiveLimits, heartbeat_interval, over_ceiling, overruns
 from trainguard.errors import RegistryError
-from trainguard.names import URL_SCHEME
+from trainguard.names import URL_SCHEME, store_directory
 from trainguard.notify import Notifier
 from trainguard.registry import EventKind, LeaseInfo, LeaseState, ProcessRole, Registry, RunRecord
 from trainguard.supervise import _descendants
@@ -345,7 +344,7 @@ class Watchdog:
 
     def _membership(self, run: str) -> Membership:
         record = self._reader().run_info(run)
-        store = Path(record.store) if record is not None and record.store else None
+        store = store_directory(record.store) if record is not None and record.store else None
         return Membership(run, store, self._reader().registry_id)
 
     def act(self, finding: Finding, grace: float) -> LadderResult | None:
@@ -408,9 +407,10 @@ def _remove_run_cgroups(finding: Finding) -> None:
 
 
 def _recorded_descendants(run: RunRecord) -> dict[int, tuple[int, set[tuple[int, int]]]]:
-    if not run.store or not os.path.isdir(run.store):
+    directory = store_directory(run.store) if run.store else None
+    if directory is None or not directory.is_dir():
         return {}
-    return _descendants.recorded(Path(run.store), run.name)
+    return _descendants.recorded(directory, run.name)
 
 
 __all__ = ["Finding", "SweepReport", "Violation", "Watchdog"]
