@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from s3_server import SeaweedS3, seaweed_s3
 
 from trainguard import CheckpointStore, Registry
 
@@ -88,3 +89,11 @@ def store(tmp_path: Path, registry: Registry, run_name: str) -> Iterator[Checkpo
 def sqlite_store(tmp_path: Path, run_name: str) -> Iterator[CheckpointStore]:
     with CheckpointStore(tmp_path / "store", run=run_name) as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def seaweed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """One SeaweedFS S3 server for the session's object-storage tests (each uses a prefix or bucket of its
+    own; a test that kills the server starts its own). Fails, never skips, when it cannot start."""
+    with seaweed_s3(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server

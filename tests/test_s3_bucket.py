@@ -7,12 +7,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from s3_server import SeaweedS3, seaweed_s3
+from s3_server import SeaweedS3
 
 from trainguard import CheckpointStore, Registry
 from trainguard._os.hashing import hash_bytes
@@ -22,10 +21,9 @@ from trainguard.registry import CheckpointState, EventKind
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    with seaweed_s3(tmp_path_factory.mktemp("seaweed")) as running:
-        running.client().create_bucket(Bucket="ckpt")
-        yield running
+def server(seaweed_server: SeaweedS3) -> SeaweedS3:
+    seaweed_server.client().create_bucket(Bucket="ckpt")
+    return seaweed_server
 
 
 @pytest.fixture

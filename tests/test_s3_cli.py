@@ -6,16 +6,18 @@ the bucket says what it cost (requests, bytes) on stderr.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from s3_server import SeaweedS3, moto_s3, seaweed_s3
+from s3_server import SeaweedS3, moto_s3
 
 from guard_support import run_worker, worker, write_config
 from support import spawned
@@ -27,12 +29,19 @@ RUN = "ops"
 
 
 @pytest.fixture
-def s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[SeaweedS3, str, str]]:
-    with seaweed_s3(tmp_path / "seaweed") as server:
-        server.client().create_bucket(Bucket="ops")
-        for variable, value in {**server.env(), "XDG_CACHE_HOME": str(tmp_path / "cache")}.items():
-            monkeypatch.setenv(variable, value)
-        yield server, "s3://ops/team/run", f"sqlite:///{tmp_path / 'registry.db'}"
+def s3(
+    seaweed_server: SeaweedS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[SeaweedS3, str, str]]:
+    """The session's SeaweedFS server, bucket "ops", a prefix of this test's own."""
+    with contextlib.suppress(Exception):  # the first test of the session creates it
+        seaweed_server.client().create_bucket(Bucket="ops")
+    for variable, value in {**seaweed_server.env(), "XDG_CACHE_HOME": str(tmp_path / "cache")}.items():
+        monkeypatch.setenv(variable, value)
+    yield seaweed_server, f"s3://ops/{uuid.uuid4().hex[:10]}/run", f"sqlite:///{tmp_path / 'registry.db'}"
+
+
+def _prefix(url: str) -> str:
+    return url.removeprefix("s3://ops/")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -91,20 +100,21 @@ def test_the_operators_commands_work_on_an_s3_store(s3: tuple[SeaweedS3, str, st
     # Promote through the gates: the live pointer object moves with it.
     promoted = _cli("promote", RUN, four, *where, "--json")
     assert promoted.returncode == 0 and json.loads(promoted.stdout)["promoted"], promoted.stdout
-    live = json.loads(client.get_object(Bucket="ops", Key="team/run/LIVE.json")["Body"].read())
+    live = json.loads(client.get_object(Bucket="ops", Key=f"{_prefix(url)}/LIVE.json")["Body"].read())
     assert live["checkpoint"] == four
     # Retention: keep the newest; the pinned, the live one and the quarantined stay.
     pruned = _cli("ckpt", "prune", RUN, *where, "--keep-last", "1", "--json")
     assert pruned.returncode == 0, pruned.stderr
     assert json.loads(pruned.stdout)["evicted"] == [three]
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket="ops", Prefix="team/run/").get("Contents", [])]
+    listed = client.list_objects_v2(Bucket="ops", Prefix=f"{_prefix(url)}/").get("Contents", [])
+    keys = [o["Key"] for o in listed]
     assert not any(f"/{three}/" in k or f"/{three}." in k for k in keys if "/.quarantine/" not in k)
     # The incident drill: back to the last good, everything after it quarantined, nothing deleted.
     recovered = _cli("recover", RUN, *where, "--last-good", one, "--reason", "drill", "--json")
     assert recovered.returncode == 0, recovered.stderr
     outcome = json.loads(recovered.stdout)
     assert outcome["files_before"] == outcome["files_after"] > 0  # nothing deleted
-    live = json.loads(client.get_object(Bucket="ops", Key="team/run/LIVE.json")["Body"].read())
+    live = json.loads(client.get_object(Bucket="ops", Key=f"{_prefix(url)}/LIVE.json")["Body"].read())
     assert live["checkpoint"] == one
     with CheckpointStore.open_existing(url, run=RUN, registry=registry, read_only=True) as store:
         assert store.record(four).state is CheckpointState.QUARANTINED
@@ -115,12 +125,13 @@ def test_incident_scan_names_what_the_registry_never_committed(s3: tuple[Seaweed
     server, url, registry = s3
     _saved(url, registry)
     client = server.client()
-    client.put_object(Bucket="ops", Key="team/run/rogue/MANIFEST.json", Body=b"{}")  # a writer not ours
+    rogue = f"{_prefix(url)}/rogue/MANIFEST.json"
+    client.put_object(Bucket="ops", Key=rogue, Body=b"{}")  # a writer that is not trainguard
     dead = ProcessIdentity.current()
     dead_name = StagingName.new("ep00000009-t1", _with_pid(dead, 1), 1)
-    client.put_object(Bucket="ops", Key=f"team/run/.staging/{dead_name}/tensors.safetensors", Body=b"x")
+    client.put_object(Bucket="ops", Key=f"{_prefix(url)}/.staging/{dead_name}/tensors.safetensors", Body=b"x")
     refused_name = StagingName.new("ep00000010-t1", dead, 1)
-    client.put_object(Bucket="ops", Key=f"team/run/.staging/{refused_name}/REFUSED.json", Body=b"{}")
+    client.put_object(Bucket="ops", Key=f"{_prefix(url)}/.staging/{refused_name}/REFUSED.json", Body=b"{}")
     scanned = _cli("incident", "scan", url, "--registry", registry, "--json")
     assert scanned.returncode == 1, scanned.stderr
     found = json.loads(scanned.stdout)["stores"][0]

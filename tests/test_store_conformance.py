@@ -19,7 +19,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from s3_server import MotoS3, SeaweedS3, moto_s3, seaweed_s3
+from s3_server import MotoS3, SeaweedS3, moto_s3
 
 from trainguard import CheckpointStore, retention
 from trainguard.checkpoints import generate_key
@@ -44,10 +44,9 @@ BACKENDS = ["local", "seaweedfs", "moto"]
 
 
 @pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    with seaweed_s3(tmp_path_factory.mktemp("seaweed")) as server:
-        server.client().create_bucket(Bucket=BUCKET)
-        yield server
+def seaweed(seaweed_server: SeaweedS3) -> SeaweedS3:
+    seaweed_server.client().create_bucket(Bucket=BUCKET)
+    return seaweed_server
 
 
 @pytest.fixture(scope="session")

@@ -115,9 +115,13 @@ class Bucket:
         client = boto3.client(
             "s3",
             endpoint_url=endpoint or os.environ.get("AWS_ENDPOINT_URL"),
-            # More patient than boto3's 3 attempts: a server coming back from a restart answers 500/503
-            # for seconds while its volumes register, and a training run should ride that out.
-            config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard", "max_attempts": 8}),
+            # More patient than boto3's 3 attempts (unless AWS_MAX_ATTEMPTS says otherwise): a server
+            # coming back from a restart answers 500/503 for seconds while its volumes register, and a
+            # training run should ride that out.
+            config=Config(
+                s3={"addressing_style": "path"},
+                retries={"mode": "standard", "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS") or 8)},
+            ),
         )
         return cls(client, BucketAddress.parse(url))
 

@@ -9,25 +9,14 @@ compare-and-swap pointers (``_bucket``). Layout under the prefix:
     .trainguard/binding.json                      the registry this store belongs to
     LIVE.json                                     the live pointer, moved by compare-and-swap
 
-The commit protocol (``save``):
-    1. check: the lease is live, the name unused, the budget (as on disk)
-    2. stage: every object under a staging prefix that names the writer and token - no one else writes
-       there, nothing is overwritten (``If-None-Match``)
-    3. upload: tensors (safetensors) and tree (JSON), hashed in order while the parts go up in parallel
-    4. manifest (and signature) staged before the decision: a writer that dies after step 5 leaves what
-       recovery needs to index the checkpoint
-    5. the registry decides on the manifest's hash, under the lease's token: the one point of commit
-    6. index: the manifest written to ``<name>/MANIFEST.json`` with ``If-None-Match``; it names where its
-       objects stay (``origin.objects``)
-A refusal leaves the staged objects with a ``REFUSED.json`` note beside them; recovery moves them to
-quarantine once their writer is gone. Nothing is deleted but by retention.
+The commit protocol is ``_bucket_commit``; recovery and the after-commit steps ``_bucket_recovery``.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,28 +24,23 @@ from trainguard._os.hashing import hash_bytes
 from trainguard.checkpoints import _bucket_recovery as recovery
 from trainguard.checkpoints import retention
 from trainguard.checkpoints._binding import bind
-from trainguard.checkpoints._bucket import Bucket, BucketAddress, Uploaded, unreachable
-from trainguard.checkpoints._commit import check_commit, check_fresh, save_request
+from trainguard.checkpoints._bucket import Bucket, BucketAddress, unreachable
+from trainguard.checkpoints._bucket_commit import commit
+from trainguard.checkpoints._commit import save_request
 from trainguard.checkpoints._context import StoreContext, Validation
-from trainguard.checkpoints._durable import Chunk
 from trainguard.checkpoints._reading import Expected, Problem, VerifyReport
 from trainguard.checkpoints._recovery import RecoveryReport
 from trainguard.checkpoints._values import LoadedCheckpoint, Provenance
-from trainguard.checkpoints.codecs import FileRecord, check_finite_chunk, encode_state, read_state
-from trainguard.checkpoints.layout import StagingName
+from trainguard.checkpoints.codecs import read_state
 from trainguard.checkpoints.manifest import MANIFEST_FILE, Manifest
-from trainguard.checkpoints.signing import SIGNATURE_FILE, Signing, check_signature_bytes, signature_bytes
+from trainguard.checkpoints.signing import SIGNATURE_FILE, Signing, check_signature_bytes
 from trainguard.checkpoints.store import CheckpointStore
 from trainguard.errors import (
-    CheckpointRejected,
     CheckpointWriteError,
-    CommitFenced,
-    CommitRefused,
     CorruptCheckpoint,
     InvalidArgument,
     RegistryMismatch,
     RunNotFound,
-    TrainguardError,
 )
 from trainguard.fingerprint import Fingerprint
 from trainguard.names import store_directory, validate_name
@@ -198,95 +182,7 @@ class BucketStore(CheckpointStore):
             features=features,
             provenance=provenance,
         )
-        check_commit(self._context, request)  # 1.
-        try:  # before a byte is uploaded, as the registry itself would answer at step 5
-            check_fresh(self.registry, self.run, request)
-        except CheckpointRejected:
-            exists = f"a checkpoint named {request.name!r} already exists"
-            raise CommitRefused(self.run, request.name, lease.token, exists) from None
-        # 2-3. a staging prefix of this writer's own, the objects hashed on their way up
-        writer = self.registry.identity
-        staging = self.key(".staging", StagingName.new(request.name, writer, lease.token))
-        try:
-            files = self._upload_state(staging, state)
-        except (ValueError, TypeError) as error:  # NaN/inf, an unsupported value: nothing was decided
-            raise CheckpointRejected(request.name, str(error)) from error
-        except TrainguardError:
-            raise
-        except Exception as error:  # the server or the network: nothing was decided
-            raise CheckpointWriteError("upload", staging, error) from error
-        # 4. the manifest (and signature), staged before the decision
-        manifest = Manifest(
-            run=self.run,
-            name=request.name,
-            episode=request.episode,
-            token=lease.token,
-            format="safetensors",
-            files=tuple(files),
-            parent=request.parent,
-            fingerprint=request.fingerprint,
-            metrics=dict(request.metrics),
-            created_at=time.time(),
-            writer=writer.as_dict(),
-            code_hash=request.code_hash,
-            config_hash=request.config_hash,
-            features=request.features,
-            origin={**(request.origin or {}), "objects": staging},
-        )
-        body = manifest.to_bytes()
-        signed = signature_bytes(self._context.signing.key, body) if self._context.signing.key else None
-        try:
-            self._put_staged(staging, MANIFEST_FILE, body)
-            if signed is not None:
-                self._put_staged(staging, SIGNATURE_FILE, signed)
-        except TrainguardError:
-            raise
-        except Exception as error:
-            raise CheckpointWriteError("manifest", staging, error) from error
-        # 5. the registry decides
-        record = CheckpointRecord(
-            run=self.run,
-            name=request.name,
-            episode=request.episode,
-            token=lease.token,
-            manifest_hash=hash_bytes(body),
-            parent=request.parent,
-            fingerprint=request.fingerprint,
-            metrics=dict(request.metrics),
-            bytes=manifest.total_bytes,
-            created_at=manifest.created_at,
-        )
-        details = {**writer.as_dict(), "staging": staging}
-        verdict = lease.while_held(
-            lambda: self.registry.commit_checkpoint(record, writer=details), what="commit"
-        )
-        if not verdict.accepted:
-            note = {"reason": verdict.reason, "token": lease.token, "fenced": verdict.fenced}
-            self.bucket.put_new(f"{staging}/{recovery.REFUSED_NOTE}", json.dumps(note).encode())
-            if verdict.fenced:
-                lease.lost_reason = verdict.reason
-                raise CommitFenced(self.run, request.name, lease.token, verdict.reason)
-            raise CommitRefused(self.run, request.name, lease.token, verdict.reason)
-        # 6. from here the checkpoint exists; the index makes it readable (recovery redoes this step)
-        try:
-            recovery.index(self, request.name, body, signed)
-        except Exception as error:  # decided: it loads from its staged manifest, recovery indexes it
-            raise CheckpointWriteError("index", self.key(request.name), error, committed=True) from error
-        return self.committed(self.registry.checkpoint(self.run, request.name))
-
-    def _put_staged(self, staging: str, name: str, body: bytes) -> None:
-        if not self.bucket.put_new(f"{staging}/{name}", body).done:
-            raise _occupied(staging, name)
-
-    def _upload_state(self, staging: str, state: object) -> list[FileRecord]:
-        files = []
-        finite = self._context.validation.finite
-        for encoded in encode_state(state):  # the same files a save on disk writes
-            sent = self.bucket.upload(f"{staging}/{encoded.path}", _checked(encoded.chunks, finite))
-            if not isinstance(sent, Uploaded):
-                raise _occupied(staging, encoded.path)
-            files.append(FileRecord(encoded.path, sent.size, sent.digest, encoded.codec))
-        return files
+        return self.committed(commit(self, request, state))
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -404,20 +300,6 @@ class BucketStore(CheckpointStore):
 
 
 CheckpointStore.object_store = BucketStore  # s3:// URLs open a BucketStore (see CheckpointStore.__new__)
-
-
-def _occupied(staging: str, name: str) -> CheckpointWriteError:
-    # A fresh staging prefix holds nothing: an object already there means someone else writes in it.
-    key = f"{staging}/{name}"
-    return CheckpointWriteError("upload", key, FileExistsError(f"{key}: an object was already there"))
-
-
-def _checked(chunks: list[Chunk], finite: bool) -> Iterator[memoryview]:
-    """The file's chunks, each tensor checked for NaN/inf before it is sent (as on disk)."""
-    for piece, tag in chunks:
-        if finite:
-            check_finite_chunk(piece, tag)
-        yield piece
 
 
 __all__ = ["BucketStore"]
