@@ -33,7 +33,7 @@ LEGACY = textwrap.dedent("""\
     import os, sys, time
     directory = sys.argv[1]
     for episode in range(1, 1000):
-        time.sleep(0.4)
+        time.sleep(1.0)  # the launcher must notice a file and stop the script before its next one
         with open(os.path.join(directory, f"checkpoint_ep{episode:06d}.pth"), "wb") as handle:
             handle.write(b"legacy weights")
         print("wrote", episode, flush=True)
