@@ -238,15 +238,8 @@ class Bucket:
 
     def read(self, key: str) -> bytes | None:
         """A small object's bytes (a manifest, a pointer, a note), or None when there is none."""
-        try:
-            reply = self.client.get_object(Bucket=self.address.bucket, Key=key)
-        except Exception as error:
-            if _status(error) == 404:
-                return None
-            raise
-        data = bytes(reply["Body"].read())
-        self._received(len(data))
-        return data
+        found = self.read_with_etag(key)
+        return found[0] if found is not None else None
 
     def read_with_etag(self, key: str) -> tuple[bytes, str] | None:
         """A pointer's bytes and the ETag a compare-and-swap of it must name (None: there is none)."""

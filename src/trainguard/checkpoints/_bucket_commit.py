@@ -41,9 +41,10 @@ if TYPE_CHECKING:
     from trainguard.checkpoints._bucket_store import BucketStore
 
 
-def commit(store: BucketStore, request: SaveRequest, state: object) -> CheckpointRecord:
-    """Commit ``state`` into the bucket store under ``request.lease``; raises as ``CheckpointStore.save``."""
-    lease = request.lease
+def commit(store: BucketStore, request: SaveRequest) -> CheckpointRecord:
+    """Commit ``request.state`` into the bucket store under ``request.lease``; raises as
+    ``CheckpointStore.save``."""
+    lease, state = request.lease, request.state
     check_commit(store._context, request)  # 1.
     try:  # before a byte is uploaded, as the registry itself would answer at step 5
         check_fresh(store.registry, store.run, request)

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from trainguard._os.hashing import hash_bytes
 from trainguard.checkpoints import _bucket_recovery as recovery
@@ -26,11 +24,11 @@ from trainguard.checkpoints import retention
 from trainguard.checkpoints._binding import bind
 from trainguard.checkpoints._bucket import Bucket, BucketAddress, unreachable
 from trainguard.checkpoints._bucket_commit import commit
-from trainguard.checkpoints._commit import save_request
+from trainguard.checkpoints._commit import SaveRequest
 from trainguard.checkpoints._context import StoreContext, Validation
 from trainguard.checkpoints._reading import Expected, Problem, VerifyReport
 from trainguard.checkpoints._recovery import RecoveryReport
-from trainguard.checkpoints._values import LoadedCheckpoint, Provenance
+from trainguard.checkpoints._values import LoadedCheckpoint
 from trainguard.checkpoints.codecs import read_state
 from trainguard.checkpoints.manifest import MANIFEST_FILE, Manifest
 from trainguard.checkpoints.signing import SIGNATURE_FILE, Signing, check_signature_bytes
@@ -42,13 +40,11 @@ from trainguard.errors import (
     RegistryMismatch,
     RunNotFound,
 )
-from trainguard.fingerprint import Fingerprint
 from trainguard.names import store_directory, validate_name
 from trainguard.registry import (
     DEFAULT_LEASE_TTL,
     CheckpointRecord,
     CheckpointState,
-    Lease,
     OpenMode,
     Registry,
 )
@@ -159,30 +155,8 @@ class BucketStore(CheckpointStore):
 
     # -- writing ------------------------------------------------------------------------------------
 
-    def save(
-        self,
-        state: object,
-        *,
-        episode: int,
-        lease: Lease,
-        metrics: Mapping[str, Any] | None = None,
-        name: str | None = None,
-        parent: str | None = None,
-        features: Fingerprint | None = None,
-        provenance: Provenance | None = None,
-    ) -> CheckpointRecord:
-        request = save_request(
-            self.run,
-            state,
-            episode=episode,
-            lease=lease,
-            metrics=metrics,
-            name=name,
-            parent=parent or self.parent_for(lease),
-            features=features,
-            provenance=provenance,
-        )
-        return self.committed(commit(self, request, state))
+    def _commit(self, request: SaveRequest) -> CheckpointRecord:
+        return commit(self, request)
 
     # -- reading ------------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from trainguard._os.resources import tree_bytes
 from trainguard.checkpoints import retention
 from trainguard.checkpoints._bucket import Costs
 from trainguard.checkpoints._bucket_recovery import Survey
-from trainguard.checkpoints._commit import commit, save_request
+from trainguard.checkpoints._commit import SaveRequest, commit, save_request
 from trainguard.checkpoints._context import StoreContext, Validation
 from trainguard.checkpoints._durable import StepFailed, entry_exists, make_dir
 from trainguard.checkpoints._quarantine import discard, park, release_path
@@ -222,7 +222,11 @@ class CheckpointStore:
             features=features,
             provenance=provenance,
         )
-        return self.committed(commit(self._context, request))
+        return self.committed(self._commit(request))
+
+    def _commit(self, request: SaveRequest) -> CheckpointRecord:
+        """This kind of store's commit protocol (a directory: ``_commit``; a bucket: ``_bucket_commit``)."""
+        return commit(self._context, request)
 
     def parent_for(self, lease: Lease) -> str | None:
         """The parent of this process's next checkpoint: its last one, else the one the run resumed from."""
